@@ -1,0 +1,157 @@
+"""The `dove` command line: `dove train`, `dove encode`, `dove demo` (each also `python -m dove_vlm ...`)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+import typing
+from pathlib import Path
+
+from .presets import PRESETS
+
+EXIT_USAGE = 2
+
+
+def _add_dataclass_arguments(parser: argparse.ArgumentParser, cls, skip=()) -> None:
+    """One `--flag-name` per dataclass field (transformers' HfArgumentParser style, with dashes)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+        default = None if f.default is dataclasses.MISSING else f.default
+        if base is bool:
+            parser.add_argument(flag, action="store_true", default=bool(default))
+        else:
+            parser.add_argument(flag, type=base, default=default, required=f.default is dataclasses.MISSING
+                                and f.default_factory is dataclasses.MISSING)
+
+
+def _train(ns: argparse.Namespace) -> int:
+    from train_tokenizer.config import TrainingArguments
+    from train_tokenizer.train import train
+
+    if ns.query:
+        raise NotImplementedError("--query (Q-DOVE training) is not available yet in this version.")
+    names = {f.name for f in dataclasses.fields(TrainingArguments)} - {"model_overrides"}
+    args = TrainingArguments(**{k: v for k, v in vars(ns).items() if k in names})
+    metrics = train(args)
+    print(format_report(metrics, args.output_dir))
+    return 0
+
+
+def format_report(metrics: dict, output_dir: str) -> str:
+    """A short human-readable report of a training run's `metrics.json`."""
+    lines = [f"model written to {output_dir}"]
+    ev = metrics.get("eval")
+    if ev:
+        ks = ", ".join(f"k={k}: {v:.2f}" for k, v in ev["psnr_by_k"].items())
+        lines += [
+            f"held-out scenes: {ev['num_images']}",
+            f"tokens per image: mean {ev['mean_length']:.2f} ± {ev['std_length']:.2f} "
+            f"({100 * ev['mean_length_fraction_of_max']:.0f}% of max {ev['max_tokens']}), "
+            f"{ev['distinct_lengths']} distinct lengths",
+            f"Spearman(length, objects) = {ev['spearman_length_vs_objects']:.3f}; "
+            f"Spearman(length, Laplacian variance) = {ev['spearman_length_vs_laplacian']:.3f}",
+            f"PSNR by forced tokens: {ks}",
+            f"PSNR adaptive: {ev['psnr_adaptive']:.2f} dB (max-length minus adaptive: "
+            f"{ev['psnr_gap_max_minus_adaptive']:.2f} dB)",
+        ]
+    for name in metrics.get("plots", []):
+        lines.append(f"figure: {os.path.join(output_dir, name)}")
+    return "\n".join(lines)
+
+
+def _encode(ns: argparse.Namespace) -> int:
+    import torch
+
+    from .data import load_image
+    from .image_processing_dove import DoveImageProcessor
+    from .modeling_dove import DoveModel
+
+    model = DoveModel.from_pretrained(ns.model).eval()
+    processor = DoveImageProcessor.from_pretrained(ns.model) if (Path(ns.model) / "preprocessor_config.json").is_file() \
+        else DoveImageProcessor(size=model.config.image_size)
+    results = []
+    for path in ns.images:
+        image = load_image(path)
+        with torch.no_grad():
+            enc = model.encode(processor(image, return_tensors="pt")["pixel_values"],
+                               max_tokens=ns.max_tokens, eos_threshold=ns.eos_threshold)
+        entry = {"image": path, "num_tokens": int(enc.lengths[0])}
+        if ns.features:
+            entry["tokens"] = enc.tokens[0, : entry["num_tokens"]].tolist()
+        results.append(entry)
+        if not ns.json:
+            print(f"{path}\t{entry['num_tokens']}")
+    if ns.json:
+        print(json.dumps(results))
+    return 0
+
+
+def _demo(ns: argparse.Namespace) -> int:
+    from train_tokenizer.config import TrainingArguments
+    from train_tokenizer.train import train
+
+    started = time.time()
+    output_dir = Path(ns.output_dir)
+    print(f"[dove demo] stage 1/1: training the tiny DOVE tokenizer into {output_dir / 'tokenizer'}", flush=True)
+    args = TrainingArguments(output_dir=str(output_dir / "tokenizer"), preset="tiny", seed=ns.seed, resume=True)
+    metrics = train(args)
+    report = format_report(metrics, args.output_dir)
+    report += f"\ndemo finished in {time.time() - started:.0f} s"
+    (output_dir / "report.md").write_text("# dove demo report\n\n```\n" + report + "\n```\n")
+    print("\n" + report)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from train_tokenizer.config import TrainingArguments
+
+    parser = argparse.ArgumentParser(prog="dove", description="DOVE / Q-DOVE variable-length visual tokens.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_train = sub.add_parser("train", help="train a DOVE tokenizer (writes a checkpoint, metrics.json and plots)")
+    _add_dataclass_arguments(p_train, TrainingArguments, skip=("model_overrides",))
+    p_train.add_argument("--query", action="store_true", help="train Q-DOVE (text-queried tokens)")
+    p_train.set_defaults(func=_train)
+
+    p_enc = sub.add_parser("encode", help="token counts (and features) of images")
+    p_enc.add_argument("images", nargs="+")
+    p_enc.add_argument("--model", required=True, help="a folder written by `dove train`")
+    p_enc.add_argument("--json", action="store_true")
+    p_enc.add_argument("--features", action="store_true", help="include the token features")
+    p_enc.add_argument("--max-tokens", type=int, default=None)
+    p_enc.add_argument("--eos-threshold", type=float, default=None)
+    p_enc.set_defaults(func=_encode)
+
+    p_demo = sub.add_parser("demo", help="the whole pipeline at tiny scale on the embedded data")
+    p_demo.add_argument("--output-dir", default="runs/demo")
+    p_demo.add_argument("--seed", type=int, default=0)
+    p_demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if getattr(ns, "preset", None) is not None and ns.preset not in PRESETS:
+        parser.error(f"unknown preset {ns.preset!r}; choose one of: {', '.join(sorted(PRESETS))}")
+    try:
+        return ns.func(ns)
+    except KeyboardInterrupt:
+        print("interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, PermissionError, NotImplementedError, OSError) as err:
+        print(f"dove {ns.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,338 @@
+"""DOVE / Q-DOVE: a VQGAN wrapped by a causal token generator with an EOS head and a bidirectional token decoder.
+
+Shapes used below: B batch, C latent channels, h×w latent grid (P = h·w positions), n = max_tokens timestep slots,
+d generator width, k token width (`config.token_dim`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from diffusers import VQModel
+from torch import nn
+from transformers import GPTNeoXConfig, GPTNeoXModel, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_dove import DoveConfig
+
+
+@dataclass
+class DoveEncoderOutput(ModelOutput):
+    """Output of [`DoveModel.encode`].
+
+    Args:
+        tokens (`(B, L, k)`): continuous tokens, zero after each image's length (L = longest length in the batch).
+        lengths (`(B,)` long): number of kept tokens per image, in [min_tokens, max_tokens].
+        attention_mask (`(B, L)` long): 1 for kept tokens, 0 after the end of sequence.
+        p_eos (`(B, n)`): end-of-sequence probability at every timestep slot.
+        latents (`(B, C, h, w)`): the VQGAN's continuous (pre-quantization) latents of the input.
+    """
+
+    tokens: torch.FloatTensor | None = None
+    lengths: torch.LongTensor | None = None
+    attention_mask: torch.LongTensor | None = None
+    p_eos: torch.FloatTensor | None = None
+    latents: torch.FloatTensor | None = None
+
+
+@dataclass
+class DoveDecoderOutput(ModelOutput):
+    """Output of [`DoveModel.decode`].
+
+    Args:
+        pixel_values (`(B, 3, H, W)`): reconstruction in the input range [-1, 1].
+        latents (`(B, C, h, w)`): the latent grid predicted by the token decoder.
+    """
+
+    pixel_values: torch.FloatTensor | None = None
+    latents: torch.FloatTensor | None = None
+
+
+@dataclass
+class DoveModelOutput(ModelOutput):
+    """Output of [`DoveModel.forward`]: the encoder fields plus the (unclamped) reconstruction."""
+
+    reconstruction: torch.FloatTensor | None = None
+    tokens: torch.FloatTensor | None = None
+    lengths: torch.LongTensor | None = None
+    attention_mask: torch.LongTensor | None = None
+    p_eos: torch.FloatTensor | None = None
+    latents: torch.FloatTensor | None = None
+    predicted_latents: torch.FloatTensor | None = None
+
+
+def sinusoidal_embeddings(num_positions: int, dim: int) -> torch.Tensor:
+    """Fixed transformer sinusoids for positions 1..num_positions, shape `(num_positions, dim)`."""
+    positions = torch.arange(1, num_positions + 1, dtype=torch.float32)[:, None]
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    table = torch.zeros(num_positions, dim)
+    table[:, 0::2] = torch.sin(positions * freqs)
+    table[:, 1::2] = torch.cos(positions * freqs[: dim // 2])
+    return table
+
+
+def lengths_from_p_eos(
+    p_eos: torch.Tensor, threshold: float, min_tokens: int = 1, max_tokens: int | None = None
+) -> torch.LongTensor:
+    """Length m = first (1-based) position with p_eos > threshold, clamped to [min_tokens, max_tokens].
+
+    Args:
+        p_eos (`(B, n)`): end-of-sequence probabilities.
+    Returns:
+        `(B,)` long tensor; n (or max_tokens) when no position crosses the threshold.
+    """
+    n = p_eos.shape[1]
+    max_tokens = n if max_tokens is None else min(max_tokens, n)
+    above = p_eos > threshold
+    first = torch.where(above.any(dim=1), above.float().argmax(dim=1) + 1, torch.full_like(above[:, 0], n, dtype=torch.long))
+    return first.clamp(min=min_tokens, max=max_tokens).long()
+
+
+def length_mask(lengths: torch.Tensor, width: int) -> torch.LongTensor:
+    """`(B, width)` mask with ones on the first `lengths[b]` positions."""
+    return (torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]).long()
+
+
+class DoveTokenDecoder(nn.Module):
+    """Bidirectional transformer over `[tokens ; P learned grid queries]`; the grid outputs become latents.
+
+    Written with `nn.TransformerEncoder` because transformers has no small bidirectional stack that takes
+    embeddings plus a key-padding mask without adding its own token/position embeddings.
+    """
+
+    def __init__(self, config: DoveConfig):
+        super().__init__()
+        width = config.decoder_hidden_size
+        self.token_in = nn.Linear(config.token_dim, width)
+        self.token_positions = nn.Parameter(torch.zeros(config.max_tokens, width))
+        self.grid_queries = nn.Parameter(torch.zeros(config.num_latent_positions, width))
+        layer = nn.TransformerEncoderLayer(
+            d_model=width,
+            nhead=config.decoder_num_attention_heads,
+            dim_feedforward=config.decoder_intermediate_size,
+            dropout=0.0,
+            activation="gelu",
+            layer_norm_eps=config.layer_norm_eps,
+            batch_first=True,
+            norm_first=True,
+        )
+        self.layers = nn.TransformerEncoder(
+            layer, num_layers=config.decoder_num_hidden_layers, enable_nested_tensor=False
+        )
+        self.final_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.latent_out = nn.Linear(width, config.latent_channels)
+
+    def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """tokens `(B, L, k)`, attention_mask `(B, L)` → latent sequence `(B, P, C)`."""
+        batch, length, _ = tokens.shape
+        tokens_h = self.token_in(tokens) + self.token_positions[:length]
+        grid = self.grid_queries.unsqueeze(0).expand(batch, -1, -1)
+        hidden = torch.cat([tokens_h, grid], dim=1)
+        padding = torch.cat(
+            [attention_mask == 0, torch.zeros(batch, grid.shape[1], dtype=torch.bool, device=tokens.device)], dim=1
+        )
+        hidden = self.layers(hidden, src_key_padding_mask=padding)
+        return self.latent_out(self.final_norm(hidden[:, length:]))
+
+
+class DovePreTrainedModel(PreTrainedModel):
+    config_class = DoveConfig
+    base_model_prefix = "dove"
+    main_input_name = "pixel_values"
+    supports_gradient_checkpointing = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            module.weight.normal_(0.0, std)
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, nn.Embedding):
+            module.weight.normal_(0.0, std)
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+        elif isinstance(module, DoveTokenDecoder):
+            module.token_positions.normal_(0.0, std)
+            module.grid_queries.normal_(0.0, std)
+        elif isinstance(module, DoveModel):
+            module.grid_positions.normal_(0.0, std)
+            # Start with p_eos ≈ 0.02 everywhere, i.e. at full length; the EOS loss then pulls the end earlier.
+            module.eos_head.bias.fill_(-4.0)
+
+
+class DoveModel(DovePreTrainedModel):
+    """The DOVE tokenizer. `encode` maps images to a variable number of continuous tokens in one parallel
+    pass of a causal transformer; `decode` maps tokens back to pixels; `forward` does both (for training).
+    """
+
+    def __init__(self, config: DoveConfig):
+        super().__init__(config)
+        self.vqgan = VQModel(**config.vqgan_config)
+        d = config.hidden_size
+        self.latent_in = nn.Linear(config.latent_channels, d)
+        self.grid_positions = nn.Parameter(torch.zeros(config.num_latent_positions, d))
+        self.timestep_in = nn.Linear(d, d)
+        self.generator = GPTNeoXModel(self._generator_config(config))
+        self.token_head = nn.Linear(d, config.token_dim)
+        self.eos_head = nn.Linear(d, 1)
+        self.token_decoder = DoveTokenDecoder(config)
+        self.post_init()
+        if config.freeze_vqgan:
+            self.vqgan.requires_grad_(False)
+
+    @staticmethod
+    def _generator_config(config: DoveConfig) -> GPTNeoXConfig:
+        # vocab_size=1: the generator only sees embeddings, so Pythia's 50k-row vocabulary table is dropped.
+        return GPTNeoXConfig(
+            vocab_size=1,
+            hidden_size=config.hidden_size,
+            num_hidden_layers=config.num_hidden_layers,
+            num_attention_heads=config.num_attention_heads,
+            intermediate_size=config.intermediate_size,
+            rotary_pct=config.rotary_pct,
+            max_position_embeddings=config.num_latent_positions + config.query_max_length + config.max_tokens,
+            layer_norm_eps=config.layer_norm_eps,
+            initializer_range=config.initializer_range,
+            attention_dropout=0.0,
+            hidden_dropout=0.0,
+            use_cache=False,
+            bos_token_id=None,
+            eos_token_id=None,
+        )
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.config.freeze_vqgan:
+            self.vqgan.eval()  # a frozen VQGAN keeps its eval behaviour (no dropout, fixed norms)
+        return self
+
+    # Pieces ---------------------------------------------------------------------------------------------
+    def encode_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """VQGAN encoder: pixels `(B, 3, H, W)` in [-1, 1] → continuous latents `(B, C, h, w)`."""
+        self._check_pixels(pixel_values)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_vqgan):
+            return self.vqgan.encode(pixel_values).latents
+
+    def latents_to_pixels(self, latents: torch.Tensor) -> torch.Tensor:
+        """VQGAN decoder on continuous latents (the codebook is skipped), unclamped."""
+        return self.vqgan.decode(latents, force_not_quantize=True).sample
+
+    def _visual_prefix(self, latents: torch.Tensor) -> torch.Tensor:
+        """H_v: `(B, P, d)` from latents `(B, C, h, w)`."""
+        return self.latent_in(latents.flatten(2).transpose(1, 2)) + self.grid_positions
+
+    def _timesteps(self, batch: int, num_slots: int) -> torch.Tensor:
+        # Recomputed per call (n×d, negligible): a non-persistent buffer would not survive meta-device loading.
+        table = sinusoidal_embeddings(num_slots, self.config.hidden_size).to(self.timestep_in.weight)
+        return self.timestep_in(table).unsqueeze(0).expand(batch, -1, -1)
+
+    def _check_pixels(self, pixel_values: torch.Tensor) -> None:
+        size = self.config.image_size
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
+            raise ValueError(
+                f"pixel_values must have shape (batch, {self.config.num_channels}, {size}, {size}); got "
+                f"{tuple(pixel_values.shape)}. Use DoveImageProcessor to turn images into pixel_values."
+            )
+        if pixel_values.shape[-2:] != (size, size):
+            raise ValueError(
+                f"pixel_values are {tuple(pixel_values.shape[-2:])} pixels but this model takes {size}x{size}; "
+                "resize them first (DoveImageProcessor does this with do_resize=True)."
+            )
+        if not torch.isfinite(pixel_values).all():
+            raise ValueError("pixel_values contain NaN or Inf; check the image loading/normalisation.")
+
+    # Public API -----------------------------------------------------------------------------------------
+    def encode(
+        self,
+        pixel_values: torch.Tensor,
+        queries=None,
+        max_tokens: int | None = None,
+        eos_threshold: float | None = None,
+        min_tokens: int | None = None,
+        num_tokens: int | torch.Tensor | None = None,
+    ) -> DoveEncoderOutput:
+        """Images → variable-length continuous tokens, in one parallel causal pass.
+
+        Args:
+            pixel_values (`(B, 3, H, W)`): images in [-1, 1] at `config.image_size`.
+            queries: Q-DOVE text queries (reserved; `None` means the whole image).
+            max_tokens (`int`, *optional*): cap on the length (≤ config.max_tokens); fewer slots are computed.
+            eos_threshold (`float`, *optional*): overrides `config.eos_threshold`.
+            min_tokens (`int`, *optional*): overrides `config.min_tokens`.
+            num_tokens (`int` or `(B,)`, *optional*): force the length (truncation to k tokens; fixed-k mode);
+                entries ≤ 0 keep that image's adaptive length.
+        """
+        if queries is not None:
+            raise NotImplementedError("text queries (Q-DOVE) are not available in this model yet.")
+        n = self._resolve_max_tokens(max_tokens)
+        latents = self.encode_latents(pixel_values)
+        batch = latents.shape[0]
+        sequence = torch.cat([self._visual_prefix(latents), self._timesteps(batch, n)], dim=1)
+        hidden = self.generator(inputs_embeds=sequence).last_hidden_state[:, -n:]
+        tokens = self.token_head(hidden)
+        p_eos = torch.sigmoid(self.eos_head(hidden).squeeze(-1).float())
+        lengths = lengths_from_p_eos(
+            p_eos.detach(),
+            self.config.eos_threshold if eos_threshold is None else eos_threshold,
+            self.config.min_tokens if min_tokens is None else min_tokens,
+            n,
+        )
+        if num_tokens is not None:
+            forced = torch.as_tensor(num_tokens, device=tokens.device).long().expand(batch)
+            lengths = torch.where(forced > 0, forced.clamp(max=n), lengths)
+        width = int(lengths.max())
+        mask = length_mask(lengths, width)
+        tokens = tokens[:, :width] * mask.unsqueeze(-1).to(tokens.dtype)
+        return DoveEncoderOutput(tokens=tokens, lengths=lengths, attention_mask=mask, p_eos=p_eos, latents=latents)
+
+    def decode_latents(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Token decoder only: tokens `(B, L, k)` → latent grid `(B, C, h, w)`."""
+        if tokens.ndim != 3 or tokens.shape[-1] != self.config.token_dim:
+            raise ValueError(f"tokens must be (batch, length, {self.config.token_dim}); got {tuple(tokens.shape)}.")
+        if tokens.shape[1] > self.config.max_tokens:
+            raise ValueError(f"got {tokens.shape[1]} tokens but this model takes at most {self.config.max_tokens}.")
+        if attention_mask is None:
+            attention_mask = torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
+        tokens = tokens * attention_mask.unsqueeze(-1).to(tokens.dtype)  # masked tokens carry nothing
+        grid = self.token_decoder(tokens, attention_mask)
+        side = self.config.latent_size
+        return grid.transpose(1, 2).reshape(tokens.shape[0], self.config.latent_channels, side, side)
+
+    def decode(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> DoveDecoderOutput:
+        """Tokens `(B, L, k)` (+ mask `(B, L)`) → pixels `(B, 3, H, W)` clamped to [-1, 1]."""
+        latents = self.decode_latents(tokens, attention_mask)
+        return DoveDecoderOutput(pixel_values=self.latents_to_pixels(latents).clamp(-1, 1), latents=latents)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        queries=None,
+        max_tokens: int | None = None,
+        eos_threshold: float | None = None,
+        num_tokens: int | torch.Tensor | None = None,
+    ) -> DoveModelOutput:
+        """Encode then decode (training path); the reconstruction is not clamped so losses see real errors."""
+        enc = self.encode(
+            pixel_values, queries=queries, max_tokens=max_tokens, eos_threshold=eos_threshold, num_tokens=num_tokens
+        )
+        predicted = self.decode_latents(enc.tokens, enc.attention_mask)
+        return DoveModelOutput(
+            reconstruction=self.latents_to_pixels(predicted),
+            tokens=enc.tokens,
+            lengths=enc.lengths,
+            attention_mask=enc.attention_mask,
+            p_eos=enc.p_eos,
+            latents=enc.latents,
+            predicted_latents=predicted,
+        )
+
+    def _resolve_max_tokens(self, max_tokens: int | None) -> int:
+        if max_tokens is None:
+            return self.config.max_tokens
+        if not 1 <= int(max_tokens) <= self.config.max_tokens:
+            raise ValueError(f"max_tokens must be in [1, {self.config.max_tokens}], got {max_tokens}.")
+        return int(max_tokens)

@@ -1,0 +1,82 @@
+"""Training arguments of `dove train`: one dataclass, filled from a preset and then from command-line flags."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from dove_vlm.presets import preset_training
+
+
+@dataclass
+class TrainingArguments:
+    """Everything the tokenizer training loop reads. Preset values fill whatever the user leaves as `None`.
+
+    Args:
+        output_dir: where checkpoints, the final model, `metrics.json` and plots go.
+        preset: `tiny` or `paper` (model shape and training recipe).
+        data: `synthetic`, `synthetic:N`, an image folder, a `datasets` save_to_disk folder or `hf:NAME[:SPLIT]`.
+        max_steps / batch_size / learning_rate / warmup_steps / gradient_accumulation_steps: the optimiser.
+        mixed_precision: `no` (fp32) or `bf16` (fp16 is refused: the paper trains in bf16 or fp32).
+        vqgan / generator_init: pretrained parts (folder or hub id); without `vqgan`, the preset's VQGAN stage
+            trains a VQGAN for `vqgan_steps` on the data first, then freezes it.
+        lpips_trunk: local VGG/AlexNet trunk weights for LPIPS (a random trunk is used otherwise).
+        eos_weight_start / eos_weight_end / eos_warmup_steps / eos_ramp_steps: the growing λ_eos schedule.
+        threshold_window: steps averaged by the dynamic EOS threshold (100 in the paper).
+        truncation_prob: share of samples decoded from a random prefix length instead of their own length,
+            so the decoder learns every length (beyond the paper; their EOS loss is skipped).
+        checkpoint_every / keep_checkpoints: checkpoint interval (steps) and how many to keep.
+        resume: continue from the newest complete checkpoint in `output_dir`.
+        eval_scenes: held-out synthetic scenes for the final report (0 skips it).
+    """
+
+    output_dir: str
+    preset: str = "tiny"
+    data: str = "synthetic"
+    seed: int = 0
+    max_steps: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    warmup_steps: int | None = None
+    weight_decay: float = 0.0
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"
+    num_train_scenes: int | None = None
+    vqgan: str | None = None
+    vqgan_steps: int | None = None
+    vqgan_learning_rate: float | None = None
+    generator_init: str | None = None
+    lpips_trunk: str | None = None
+    lpips_weight: float | None = None
+    gan_weight: float | None = None
+    mse_weight: float = 1.0
+    rec_weight: float = 1.0
+    eos_weight_start: float | None = None
+    eos_weight_end: float | None = None
+    eos_warmup_steps: int | None = None
+    eos_ramp_steps: int | None = None
+    threshold_window: int = 100
+    truncation_prob: float | None = None
+    checkpoint_every: int | None = None
+    keep_checkpoints: int = 2
+    resume: bool = False
+    eval_scenes: int | None = None
+    log_every: int = 10
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for key, value in preset_training(self.preset).items():
+            if getattr(self, key, None) is None and hasattr(self, key):
+                setattr(self, key, value)
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r} (fp16 overflows here).")
+        if not 0.0 <= self.truncation_prob <= 1.0:
+            raise ValueError(f"truncation_prob must be in [0, 1], got {self.truncation_prob}.")
+        for name in ("max_steps", "batch_size", "checkpoint_every", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

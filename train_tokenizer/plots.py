@@ -1,0 +1,95 @@
+"""PNG figures of a tokenizer evaluation: reconstructions with their token counts, the length histogram,
+length against complexity, and PSNR against the number of tokens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures go to files only
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from .evaluate import TokenizerEvaluation  # noqa: E402
+
+
+def _to_image(t: torch.Tensor) -> np.ndarray:
+    return ((t.clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
+
+
+def plot_reconstructions(ev: TokenizerEvaluation, path: Path) -> None:
+    images, recons, lengths = ev.examples["images"], ev.examples["adaptive"], ev.examples["lengths"]
+    count = len(images)
+    fig, axes = plt.subplots(2, count, figsize=(1.6 * count, 3.6))
+    axes = np.asarray(axes).reshape(2, count)
+    for i in range(count):
+        axes[0, i].imshow(_to_image(images[i]), interpolation="nearest")
+        axes[1, i].imshow(_to_image(recons[i]), interpolation="nearest")
+        axes[1, i].set_title(f"{int(lengths[i])} tok", fontsize=9)
+        for ax in axes[:, i]:
+            ax.axis("off")
+    axes[0, 0].set_title("input", fontsize=9, loc="left")
+    fig.suptitle("DOVE reconstructions (bottom) with their adaptive token counts")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_length_histogram(ev: TokenizerEvaluation, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    bins = np.arange(0.5, ev.max_tokens + 1.5, 1)
+    ax.hist(ev.lengths, bins=bins, color="#4477aa")
+    ax.set_xlabel("tokens per image")
+    ax.set_ylabel("images")
+    ax.set_title(f"Token lengths (mean {ev.lengths.mean():.1f} of max {ev.max_tokens})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_length_vs_complexity(ev: TokenizerEvaluation, path: Path) -> None:
+    summary = ev.summary()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(ev.num_objects))
+    axes[0].scatter(ev.num_objects + jitter, ev.lengths, s=10, alpha=0.6)
+    axes[0].set_xlabel("objects in the scene")
+    axes[0].set_ylabel("tokens")
+    axes[0].set_title(f"Spearman ρ = {summary['spearman_length_vs_objects']:.2f}")
+    sc = axes[1].scatter(ev.laplacian, ev.lengths, c=ev.num_objects, s=10, alpha=0.7, cmap="viridis")
+    axes[1].set_xscale("symlog")
+    axes[1].set_xlabel("Laplacian variance (complexity)")
+    axes[1].set_title(f"Spearman ρ = {summary['spearman_length_vs_laplacian']:.2f}")
+    fig.colorbar(sc, ax=axes[1], label="objects")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_psnr_vs_tokens(ev: TokenizerEvaluation, path: Path) -> None:
+    ks = sorted(ev.psnr_by_k)
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(ks, [ev.psnr_by_k[k].mean() for k in ks], marker="o", label="forced k tokens")
+    ax.scatter([ev.lengths.mean()], [ev.psnr_adaptive.mean()], color="red", zorder=3, label="adaptive (mean length)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("PSNR (dB)")
+    ax.set_title("Reconstruction quality per token count")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_plots(ev: TokenizerEvaluation, output_dir: str | Path) -> list[str]:
+    output_dir = Path(output_dir)
+    files = {
+        "reconstructions.png": plot_reconstructions,
+        "length_histogram.png": plot_length_histogram,
+        "length_vs_complexity.png": plot_length_vs_complexity,
+        "psnr_vs_tokens.png": plot_psnr_vs_tokens,
+    }
+    for name, fn in files.items():
+        fn(ev, output_dir / name)
+    return list(files)

@@ -1,0 +1,191 @@
+"""`dove train`: the tokenizer training loop (reads top to bottom: batch → forward → losses → step → log →
+checkpoint), on accelerate so the same code runs on one CPU or many GPUs, in fp32 or bf16."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from dove_vlm import DoveModel, preset_config
+from dove_vlm.image_processing_dove import DoveImageProcessor
+from dove_vlm.pretrained import load_generator, load_vqgan
+
+from .checkpointing import latest_checkpoint, load_torch_state, load_trainer_state, save_checkpoint
+from .config import TrainingArguments
+from .data import batch_indices, build_training_dataset, get_batch
+from .evaluate import evaluate_tokenizer
+from .losses import DynamicThreshold, EosWeightSchedule, ReconstructionLoss, eos_loss
+from .plots import write_plots
+from .vqgan_stage import train_vqgan
+
+
+def check_output_dir(output_dir: str | os.PathLike, min_free_bytes: int = 50 * 2**20) -> Path:
+    """Fail before training starts if the output folder cannot be written or the disk is (nearly) full."""
+    root = Path(output_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / ".write-test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"cannot write to the output directory {root} ({err}); choose another --output-dir.") from err
+    free = shutil.disk_usage(root).free
+    if free < min_free_bytes:
+        raise OSError(f"only {free / 2**20:.0f} MiB free under {root}; free some space or choose another --output-dir.")
+    return root
+
+
+def sample_truncation(batch: int, max_tokens: int, prob: float, seed: int, step: int) -> torch.Tensor:
+    """Per-sample forced lengths: a random k in [1, n] with probability `prob`, else 0 (= adaptive length).
+    Seeded by (seed, step) so a resumed run draws the same lengths."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    forced = torch.randint(1, max_tokens + 1, (batch,), generator=gen)
+    return torch.where(torch.rand(batch, generator=gen) < prob, forced, torch.zeros_like(forced))
+
+
+def build_model(args: TrainingArguments, resume_from: Path | None) -> DoveModel:
+    if resume_from is not None:
+        return DoveModel.from_pretrained(resume_from / "model")
+    model = DoveModel(preset_config(args.preset, **args.model_overrides))
+    if args.vqgan:
+        load_vqgan(model, args.vqgan)
+    if args.generator_init:
+        load_generator(model, args.generator_init)
+    return model
+
+
+def train(args: TrainingArguments) -> dict:
+    """Train a DOVE tokenizer as `args` says; returns the final metrics (also written to `metrics.json`)."""
+    output_dir = check_output_dir(args.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.gradient_accumulation_steps
+    )
+    set_seed(args.seed)
+    resume_from = latest_checkpoint(output_dir) if args.resume else None
+    if args.resume and resume_from is None:
+        accelerator.print(f"--resume: no complete checkpoint in {output_dir}, starting from scratch.")
+    state = load_trainer_state(resume_from) if resume_from else {}
+    start_step = state.get("step", 0)
+
+    model = build_model(args, resume_from)
+    config = model.config
+    dataset = build_training_dataset(args.data, config.image_size, args.num_train_scenes, args.seed)
+    if resume_from is None and not args.vqgan and args.vqgan_steps > 0:
+        train_vqgan(model.vqgan, dataset, output_dir, args.vqgan_steps, args.batch_size,
+                    args.vqgan_learning_rate, args.seed, accelerator.device)
+
+    rec_loss = ReconstructionLoss(
+        mse_weight=args.mse_weight, lpips_weight=args.lpips_weight, gan_weight=args.gan_weight,
+        lpips_trunk_weights=args.lpips_trunk, use_gan=args.gan_weight > 0,
+    )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.weight_decay, betas=(0.9, 0.99))
+    scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
+    disc_optimizer = None
+    if rec_loss.discriminator is not None:
+        disc_optimizer = torch.optim.AdamW(rec_loss.discriminator.parameters(), lr=args.learning_rate, betas=(0.5, 0.9))
+    if resume_from is not None:
+        optimizer.load_state_dict(load_torch_state(resume_from / "optimizer.pt"))
+        scheduler.load_state_dict(load_torch_state(resume_from / "scheduler.pt"))
+        if disc_optimizer is not None:
+            from safetensors.torch import load_file
+
+            rec_loss.discriminator.load_state_dict(load_file(str(resume_from / "discriminator.safetensors")))
+            disc_optimizer.load_state_dict(load_torch_state(resume_from / "disc_optimizer.pt"))
+    model, rec_loss, optimizer, scheduler = accelerator.prepare(model, rec_loss, optimizer, scheduler)
+    if disc_optimizer is not None:
+        disc_optimizer = accelerator.prepare(disc_optimizer)
+
+    threshold = DynamicThreshold(window=args.threshold_window)
+    if "threshold" in state:
+        threshold.load_state_dict(state["threshold"])
+    schedule = EosWeightSchedule(
+        start=args.eos_weight_start, end=args.eos_weight_end,
+        warmup_steps=args.eos_warmup_steps, ramp_steps=args.eos_ramp_steps,
+    )
+    history: list[dict] = state.get("history", [])
+    raw_model = accelerator.unwrap_model(model)
+    n = config.max_tokens
+
+    model.train()
+    progress = tqdm(range(start_step, args.max_steps), initial=start_step, total=args.max_steps,
+                    desc="DOVE", dynamic_ncols=True, disable=not accelerator.is_local_main_process)
+    started = time.time()
+    for step in progress:
+        for micro in range(args.gradient_accumulation_steps):
+            micro_step = step * args.gradient_accumulation_steps + micro
+            indices = batch_indices(len(dataset), args.batch_size, micro_step, args.seed,
+                                    accelerator.process_index, accelerator.num_processes)
+            images = get_batch(dataset, indices).to(accelerator.device)
+            forced = sample_truncation(len(indices), n, args.truncation_prob, args.seed, micro_step).to(images.device)
+            with accelerator.accumulate(model), accelerator.autocast():
+                out = model(images, num_tokens=forced)
+                rec = rec_loss(out.reconstruction.float(), images)
+                # The EOS loss and the threshold only see samples decoded at their own (adaptive) length.
+                adaptive = forced == 0
+                per_sample = rec.per_sample.detach()
+                batch_rec = per_sample[adaptive].mean().item() if adaptive.any() else per_sample.mean().item()
+                current_threshold = threshold.value(batch_rec)
+                l_eos = eos_loss(out.p_eos, out.lengths, per_sample, current_threshold)
+                l_eos = (l_eos * adaptive).sum() / adaptive.sum().clamp(min=1)
+                lambda_eos = schedule(step)
+                loss = args.rec_weight * rec.loss + lambda_eos * l_eos
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            if disc_optimizer is not None:
+                d_loss = accelerator.unwrap_model(rec_loss).discriminator_loss(out.reconstruction.detach().float(), images)
+                accelerator.backward(d_loss)
+                disc_optimizer.step()
+                disc_optimizer.zero_grad(set_to_none=True)
+            threshold.update(batch_rec)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --learning-rate or use fp32.")
+
+        mean_len = out.lengths[adaptive].float().mean().item() if adaptive.any() else float("nan")
+        if step % args.log_every == 0 or step == args.max_steps - 1:
+            record = {"step": step, "loss": loss.item(), "rec": rec.loss.item(), "mse": float(rec.mse),
+                      "eos": l_eos.item(), "lambda_eos": lambda_eos, "threshold": current_threshold,
+                      "mean_length": mean_len, "lr": scheduler.get_last_lr()[0]}
+            history.append(record)
+            progress.set_postfix(loss=f"{record['loss']:.4f}", len=f"{mean_len:.1f}", T=f"{current_threshold:.4f}")
+        done = step + 1
+        if accelerator.is_main_process and (done % args.checkpoint_every == 0 or done == args.max_steps):
+            extras, extra_states = {}, {}
+            if disc_optimizer is not None:
+                extras["discriminator"] = accelerator.unwrap_model(rec_loss).discriminator
+            path = save_checkpoint(
+                output_dir, done, raw_model, optimizer, scheduler,
+                {"threshold": threshold.state_dict(), "history": history, "args": args.to_dict()},
+                keep=args.keep_checkpoints, extra_modules=extras,
+            )
+            if disc_optimizer is not None:
+                torch.save(disc_optimizer.state_dict(), path / "disc_optimizer.pt")
+    train_seconds = time.time() - started
+
+    metrics: dict = {"preset": args.preset, "steps": args.max_steps, "train_seconds_this_run": train_seconds,
+                     "final_threshold": threshold.value(float("nan")), "history": history}
+    if accelerator.is_main_process:
+        raw_model.save_pretrained(output_dir)
+        DoveImageProcessor(size=config.image_size).save_pretrained(output_dir)
+        if args.eval_scenes:
+            evaluation = evaluate_tokenizer(raw_model, num_scenes=args.eval_scenes, seed=args.seed)
+            metrics["eval"] = evaluation.summary()
+            metrics["plots"] = write_plots(evaluation, output_dir)
+        with open(output_dir / "metrics.json", "w") as handle:
+            json.dump(metrics, handle, indent=2)
+    accelerator.wait_for_everyone()
+    return metrics

@@ -1,0 +1,63 @@
+"""Stage 0 of the tiny recipe: train a small VQGAN (diffusers `VQModel`) on the data, then freeze it.
+
+No pretrained VQGAN can be loaded offline, so the tiny preset makes its own. The loss is the usual VQ-VAE
+one: pixel MSE plus the quantiser's commitment loss (the codebook is trained, although DOVE later reads the
+continuous pre-quantization latents,
+so the decoder is also trained on those: DOVE decodes continuous latents)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from diffusers import VQModel
+from tqdm.auto import tqdm
+
+from .data import batch_indices, get_batch
+
+VQGAN_DIR = "vqgan"
+
+
+def train_vqgan(
+    vqgan: VQModel,
+    dataset,
+    output_dir: str | os.PathLike,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    device: torch.device,
+) -> VQModel:
+    """Train `vqgan` in place for `steps` and save it to `output_dir/vqgan` (atomically). If that folder is
+    already there (a resumed run), load it instead of training again."""
+    target = Path(output_dir) / VQGAN_DIR
+    if (target / "config.json").is_file():
+        vqgan.load_state_dict(VQModel.from_pretrained(target).state_dict())
+        return vqgan
+    torch.manual_seed(seed)
+    vqgan.train().requires_grad_(True).to(device)
+    optimizer = torch.optim.Adam(vqgan.parameters(), lr=learning_rate, betas=(0.5, 0.9))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=learning_rate * 0.05)
+    progress = tqdm(range(steps), desc="VQGAN", dynamic_ncols=True)
+    for step in progress:
+        images = get_batch(dataset, batch_indices(len(dataset), batch_size, step, seed + 7)).to(device)
+        latents = vqgan.encode(images).latents
+        quantized = vqgan.decode(latents)
+        continuous = vqgan.decode(latents, force_not_quantize=True).sample
+        mse = torch.nn.functional.mse_loss(continuous, images)
+        loss = 0.5 * (mse + torch.nn.functional.mse_loss(quantized.sample, images)) + quantized.commit_loss.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if step % 10 == 0:
+            progress.set_postfix(mse=f"{mse.item():.4f}")
+    vqgan.eval().requires_grad_(False)
+    tmp = target.with_name(VQGAN_DIR + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    vqgan.save_pretrained(tmp)
+    os.replace(tmp, target)
+    return vqgan
