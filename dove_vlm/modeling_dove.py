@@ -6,7 +6,9 @@ d generator width, k token width (`config.token_dim`).
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -95,6 +97,27 @@ def length_mask(lengths: torch.Tensor, width: int) -> torch.LongTensor:
     return (torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]).long()
 
 
+def _looks_local(source: str) -> bool:
+    return os.path.exists(source) or source.startswith((".", "/", "~")) or source.count("/") > 1
+
+
+def check_checkpoint_dir(path: str) -> None:
+    """Raise a clear error unless `path` is a folder with a readable `config.json` and safetensors weights."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"no checkpoint folder at {path!r}; pass a folder written by `dove train` or save_pretrained.")
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config):
+        raise FileNotFoundError(f"{path!r} has no config.json, so it is not a DOVE checkpoint (or it is incomplete).")
+    try:
+        with open(config) as handle:
+            json.load(handle)
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{config!r} is not valid JSON ({err}); the checkpoint is corrupt.") from err
+    names = os.listdir(path)
+    if "model.safetensors" not in names and "model.safetensors.index.json" not in names:
+        raise FileNotFoundError(f"{path!r} has no model.safetensors; the checkpoint is incomplete.")
+
+
 class DoveTokenDecoder(nn.Module):
     """Bidirectional transformer over `[tokens ; P learned grid queries]`; the grid outputs become latents.
 
@@ -142,6 +165,27 @@ class DovePreTrainedModel(PreTrainedModel):
     base_model_prefix = "dove"
     main_input_name = "pixel_values"
     supports_gradient_checkpointing = False
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained` with clear errors: a missing folder, config or weights file, a
+        truncated/tampered safetensors file, or weights that do not fit the config name the checkpoint."""
+        source = str(pretrained_model_name_or_path)
+        if _looks_local(source):
+            check_checkpoint_dir(source)
+        want_info = kwargs.pop("output_loading_info", False)
+        try:
+            model, info = super().from_pretrained(source, *model_args, output_loading_info=True, **kwargs)
+        except (OSError, RuntimeError, ValueError, json.JSONDecodeError) as err:
+            raise ValueError(f"cannot load the DOVE checkpoint {source!r}: {err}") from err
+        except Exception as err:  # safetensors raises its own SafetensorError for corrupt files
+            if type(err).__name__ != "SafetensorError":
+                raise
+            raise ValueError(f"the weights of {source!r} are corrupt or truncated ({err}); re-save or re-download them.") from err
+        bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+        if bad:
+            raise ValueError(f"the weights in {source!r} do not match its config ({ {k: list(v)[:3] for k, v in bad.items()} }).")
+        return (model, info) if want_info else model
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
