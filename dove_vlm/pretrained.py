@@ -30,13 +30,16 @@ def load_vqgan(model: DoveModel, source: str | os.PathLike, subfolder: str | Non
     source = _check_source(source)
     if subfolder is None and os.path.isdir(os.path.join(source, "vqvae")):
         subfolder = "vqvae"
-    vqgan = VQModel.from_pretrained(source, subfolder=subfolder)
-    missing, unexpected = model.vqgan.load_state_dict(vqgan.state_dict(), strict=False)
+    theirs = VQModel.from_pretrained(source, subfolder=subfolder).state_dict()
+    ours = model.vqgan.state_dict()
+    missing = [k for k in ours if k not in theirs]
+    unexpected = [k for k in theirs if k not in ours or theirs[k].shape != ours[k].shape]
     if missing or unexpected:
         raise ValueError(
             f"the VQGAN at {source!r} does not match this model's vqgan_config (missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}); build the DoveConfig with that VQGAN's config."
+            f"unexpected or reshaped {unexpected[:5]}); build the DoveConfig with that VQGAN's config."
         )
+    model.vqgan.load_state_dict(theirs)
     return model
 
 

@@ -1,0 +1,48 @@
+import json
+
+import pytest
+
+from dove_vlm.cli import main
+
+
+def test_unknown_preset_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--preset", "huge", "--output-dir", str(tmp_path)])
+    assert info.value.code == 2
+    assert "unknown preset 'huge'" in capsys.readouterr().err
+
+
+def test_encode_reports_token_counts(micro_model, tmp_path, capsys):
+    from PIL import Image
+
+    micro_model.save_pretrained(tmp_path / "model")
+    paths = []
+    for i, color in enumerate(["red", "blue"]):
+        p = tmp_path / f"img{i}.png"
+        Image.new("RGB", (40, 30), color).save(p)
+        paths.append(str(p))
+    assert main(["encode", *paths, "--model", str(tmp_path / "model"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["image"] for r in out] == paths
+    assert all(1 <= r["num_tokens"] <= micro_model.config.max_tokens for r in out)
+
+
+@pytest.mark.parametrize("kind", ["text", "truncated", "missing"])
+def test_encode_bad_image_names_the_file(micro_model, tmp_path, capsys, kind):
+    from PIL import Image
+
+    micro_model.save_pretrained(tmp_path / "model")
+    bad = tmp_path / "bad.png"
+    if kind == "text":
+        bad.write_text("this is not an image")
+    elif kind == "truncated":
+        Image.new("RGB", (64, 64), "green").save(bad)
+        bad.write_bytes(bad.read_bytes()[:60])
+    code = main(["encode", str(bad), "--model", str(tmp_path / "model")])
+    assert code == 2
+    assert "bad.png" in capsys.readouterr().err
+
+
+def test_encode_missing_model(tmp_path, capsys):
+    assert main(["encode", "x.png", "--model", str(tmp_path / "nope")]) == 2
+    assert "nope" in capsys.readouterr().err
