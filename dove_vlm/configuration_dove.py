@@ -51,6 +51,9 @@ class DoveConfig(PretrainedConfig):
         eos_threshold (`float`, defaults to 0.5): the length is the first position with p_eos above it.
         query_vocab_size (`int`, defaults to 0): vocabulary of the Q-DOVE text query; 0 means plain DOVE.
         query_max_length (`int`, defaults to 32): query budget in text tokens (longer queries are truncated).
+        latent_mean / latent_std (`list[float]`, *optional*): per-channel statistics of the VQGAN latents; the
+            generator sees normalised latents and the decoder predicts normalised ones. Filled in by `dove train`
+            from the training data (`None` means 0 / 1).
         layer_norm_eps (`float`), initializer_range (`float`): as in transformers.
     """
 
@@ -79,6 +82,8 @@ class DoveConfig(PretrainedConfig):
         query_max_length: int = 32,
         layer_norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
+        latent_mean: list[float] | None = None,
+        latent_std: list[float] | None = None,
         **kwargs,
     ):
         self.image_size = image_size
@@ -102,6 +107,8 @@ class DoveConfig(PretrainedConfig):
         self.query_max_length = query_max_length
         self.layer_norm_eps = layer_norm_eps
         self.initializer_range = initializer_range
+        self.latent_mean = None if latent_mean is None else [float(v) for v in latent_mean]
+        self.latent_std = None if latent_std is None else [float(v) for v in latent_std]
         super().__init__(**kwargs)
         self._validate()
 
@@ -128,6 +135,12 @@ class DoveConfig(PretrainedConfig):
                 f"image_size={self.image_size} is not a multiple of the VQGAN downsampling factor "
                 f"{self.downsample_factor}; pick an image_size divisible by it."
             )
+        for name in ("latent_mean", "latent_std"):
+            values = getattr(self, name)
+            if values is not None and len(values) != self.latent_channels:
+                raise ValueError(f"{name} has {len(values)} entries but the VQGAN has {self.latent_channels} latent channels.")
+        if self.latent_std is not None and min(self.latent_std) <= 0:
+            raise ValueError(f"latent_std must be positive, got {self.latent_std}.")
         if not 1 <= self.min_tokens <= self.max_tokens:
             raise ValueError(f"need 1 <= min_tokens ({self.min_tokens}) <= max_tokens ({self.max_tokens}).")
         if not 0.0 < self.eos_threshold < 1.0:

@@ -265,9 +265,27 @@ class DoveModel(DovePreTrainedModel):
         """VQGAN decoder on continuous latents (the codebook is skipped), unclamped."""
         return self.vqgan.decode(latents, force_not_quantize=True).sample
 
+    def _latent_statistics(self, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # From the config on each call (C numbers): buffers would not survive meta-device loading.
+        channels = self.config.latent_channels
+        mean = self.config.latent_mean or [0.0] * channels
+        std = self.config.latent_std or [1.0] * channels
+        to = dict(dtype=reference.dtype, device=reference.device)
+        return torch.tensor(mean, **to).view(1, -1, 1, 1), torch.tensor(std, **to).view(1, -1, 1, 1)
+
+    @torch.no_grad()
+    def set_latent_statistics(self, pixel_values: torch.Tensor, batch_size: int = 64) -> None:
+        """Measure per-channel mean/std of the VQGAN latents of `pixel_values` and store them in the config,
+        so the generator and decoder work on unit-scale latents whatever the VQGAN's own scale."""
+        latents = torch.cat([self.encode_latents(pixel_values[i : i + batch_size]).float()
+                             for i in range(0, len(pixel_values), batch_size)])
+        self.config.latent_mean = latents.mean((0, 2, 3)).tolist()
+        self.config.latent_std = latents.std((0, 2, 3)).clamp_min(1e-6).tolist()
+
     def _visual_prefix(self, latents: torch.Tensor) -> torch.Tensor:
-        """H_v: `(B, P, d)` from latents `(B, C, h, w)`."""
-        return self.latent_in(latents.flatten(2).transpose(1, 2)) + self.grid_positions
+        """H_v: `(B, P, d)` from latents `(B, C, h, w)` (normalised per channel first)."""
+        mean, std = self._latent_statistics(latents)
+        return self.latent_in(((latents - mean) / std).flatten(2).transpose(1, 2)) + self.grid_positions
 
     def _timesteps(self, batch: int, num_slots: int) -> torch.Tensor:
         # Recomputed per call (n×d, negligible): a non-persistent buffer would not survive meta-device loading.
@@ -344,7 +362,9 @@ class DoveModel(DovePreTrainedModel):
         tokens = tokens * attention_mask.unsqueeze(-1).to(tokens.dtype)  # masked tokens carry nothing
         grid = self.token_decoder(tokens, attention_mask)
         side = self.config.latent_size
-        return grid.transpose(1, 2).reshape(tokens.shape[0], self.config.latent_channels, side, side)
+        normalised = grid.transpose(1, 2).reshape(tokens.shape[0], self.config.latent_channels, side, side)
+        mean, std = self._latent_statistics(normalised)
+        return normalised * std + mean
 
     def decode(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> DoveDecoderOutput:
         """Tokens `(B, L, k)` (+ mask `(B, L)`) → pixels `(B, 3, H, W)` clamped to [-1, 1]."""

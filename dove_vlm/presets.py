@@ -16,7 +16,7 @@ TINY_VQGAN_CONFIG: dict[str, Any] = {
     "block_out_channels": [16, 32, 64],
     "layers_per_block": 1,
     "act_fn": "silu",
-    "latent_channels": 4,
+    "latent_channels": 16,
     "num_vq_embeddings": 256,
     "norm_num_groups": 8,
     "vq_embed_dim": None,
@@ -47,7 +47,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "train": {
             "vqgan_steps": 600,
-            "vqgan_learning_rate": 2e-3,
+            "vqgan_learning_rate": 1e-3,
             "max_steps": 1500,
             "batch_size": 32,
             "learning_rate": 1e-3,

@@ -46,3 +46,18 @@ def test_encode_bad_image_names_the_file(micro_model, tmp_path, capsys, kind):
 def test_encode_missing_model(tmp_path, capsys):
     assert main(["encode", "x.png", "--model", str(tmp_path / "nope")]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_train_command_line_end_to_end_at_micro_scale(tmp_path, capsys):
+    code = main(["train", "--preset", "tiny", "--output-dir", str(tmp_path), "--max-steps", "2", "--vqgan-steps",
+                 "1", "--num-train-scenes", "8", "--batch-size", "4", "--eval-scenes", "4", "--lpips-weight", "0"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "held-out scenes: 4" in out and "tokens per image" in out
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and metrics["eval"]["num_images"] == 4
+
+
+def test_query_training_is_refused_clearly(tmp_path, capsys):
+    assert main(["train", "--output-dir", str(tmp_path), "--query"]) == 2
+    assert "--query" in capsys.readouterr().err

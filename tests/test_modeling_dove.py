@@ -172,3 +172,32 @@ def test_bad_checkpoints_give_clear_errors(micro_model, micro_config, tmp_path, 
     with pytest.raises((ValueError, FileNotFoundError)) as info:
         DoveModel.from_pretrained(path)
     assert str(path.name) in str(info.value) or "nowhere" in str(info.value)
+
+
+def test_latent_statistics_normalise_and_survive_save_load(micro_model, images, tmp_path):
+    micro_model.set_latent_statistics(images)
+    config = micro_model.config
+    assert len(config.latent_mean) == len(config.latent_std) == config.latent_channels
+    latents = micro_model.encode_latents(images)
+    mean, std = micro_model._latent_statistics(latents)
+    normalised = (latents - mean) / std
+    assert normalised.mean((0, 2, 3)).abs().max() < 1e-4
+    assert (normalised.std((0, 2, 3)) - 1).abs().max() < 1e-3
+    # With the decoder's output zeroed, the predicted latents are exactly the measured mean.
+    with torch.no_grad():
+        micro_model.token_decoder.latent_out.weight.zero_()
+        micro_model.token_decoder.latent_out.bias.zero_()
+        enc = micro_model.encode(images)
+        predicted = micro_model.decode_latents(enc.tokens, enc.attention_mask)
+    torch.testing.assert_close(predicted, mean.expand_as(predicted))
+    micro_model.save_pretrained(tmp_path)
+    reloaded = DoveModel.from_pretrained(tmp_path)
+    assert reloaded.config.latent_mean == pytest.approx(config.latent_mean)
+    assert reloaded.config.latent_std == pytest.approx(config.latent_std)
+
+
+def test_latent_statistics_must_match_channels(micro_config):
+    with pytest.raises(ValueError, match="latent_mean has 2 entries"):
+        type(micro_config)(**{**micro_config.to_dict(), "latent_mean": [0.0, 1.0]})
+    with pytest.raises(ValueError, match="latent_std must be positive"):
+        type(micro_config)(**{**micro_config.to_dict(), "latent_std": [0.0] * micro_config.latent_channels})

@@ -58,7 +58,7 @@ def plot_length_vs_complexity(ev: TokenizerEvaluation, path: Path) -> None:
     axes[0].set_ylabel("tokens")
     axes[0].set_title(f"Spearman ρ = {summary['spearman_length_vs_objects']:.2f}")
     sc = axes[1].scatter(ev.laplacian, ev.lengths, c=ev.num_objects, s=10, alpha=0.7, cmap="viridis")
-    axes[1].set_xscale("symlog")
+    axes[1].set_xscale("symlog", linthresh=1e-3)
     axes[1].set_xlabel("Laplacian variance (complexity)")
     axes[1].set_title(f"Spearman ρ = {summary['spearman_length_vs_laplacian']:.2f}")
     fig.colorbar(sc, ax=axes[1], label="objects")

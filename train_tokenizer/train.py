@@ -83,6 +83,9 @@ def train(args: TrainingArguments) -> dict:
     if resume_from is None and not args.vqgan and args.vqgan_steps > 0:
         train_vqgan(model.vqgan, dataset, output_dir, args.vqgan_steps, args.batch_size,
                     args.vqgan_learning_rate, args.seed, accelerator.device)
+    if resume_from is None and config.latent_mean is None:
+        sample = batch_indices(len(dataset), min(len(dataset), 1024), 0, args.seed + 13)
+        model.set_latent_statistics(get_batch(dataset, sample))
 
     rec_loss = ReconstructionLoss(
         mse_weight=args.mse_weight, lpips_weight=args.lpips_weight, gan_weight=args.gan_weight,

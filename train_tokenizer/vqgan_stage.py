@@ -1,9 +1,8 @@
 """Stage 0 of the tiny recipe: train a small VQGAN (diffusers `VQModel`) on the data, then freeze it.
 
-No pretrained VQGAN can be loaded offline, so the tiny preset makes its own. The loss is the usual VQ-VAE
-one: pixel MSE plus the quantiser's commitment loss (the codebook is trained, although DOVE later reads the
-continuous pre-quantization latents,
-so the decoder is also trained on those: DOVE decodes continuous latents)."""
+No pretrained VQGAN can be loaded offline, so the tiny preset makes its own. DOVE reads the continuous
+(pre-quantization) latents, so the loss is mainly the MSE of decoding those, plus a smaller VQ-VAE term
+(quantised decode + commitment) that keeps the codebook meaningful."""
 
 from __future__ import annotations
 
@@ -29,6 +28,7 @@ def train_vqgan(
     learning_rate: float,
     seed: int,
     device: torch.device,
+    quantized_weight: float = 0.1,
 ) -> VQModel:
     """Train `vqgan` in place for `steps` and save it to `output_dir/vqgan` (atomically). If that folder is
     already there (a resumed run), load it instead of training again."""
@@ -38,7 +38,7 @@ def train_vqgan(
         return vqgan
     torch.manual_seed(seed)
     vqgan.train().requires_grad_(True).to(device)
-    optimizer = torch.optim.Adam(vqgan.parameters(), lr=learning_rate, betas=(0.5, 0.9))
+    optimizer = torch.optim.Adam(vqgan.parameters(), lr=learning_rate, betas=(0.9, 0.99))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=learning_rate * 0.05)
     progress = tqdm(range(steps), desc="VQGAN", dynamic_ncols=True)
     for step in progress:
@@ -47,7 +47,10 @@ def train_vqgan(
         quantized = vqgan.decode(latents)
         continuous = vqgan.decode(latents, force_not_quantize=True).sample
         mse = torch.nn.functional.mse_loss(continuous, images)
-        loss = 0.5 * (mse + torch.nn.functional.mse_loss(quantized.sample, images)) + quantized.commit_loss.mean()
+        # DOVE reads the continuous latents, so their reconstruction dominates; the quantised path keeps the
+        # codebook meaningful (the VQGAN stays a usable VQGAN) at a tenth of the weight.
+        quantized_loss = torch.nn.functional.mse_loss(quantized.sample, images) + quantized.commit_loss.mean()
+        loss = mse + quantized_weight * quantized_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -1,0 +1,92 @@
+"""Loading user images robustly: every failure names the file and says what to do instead, and every
+common mode (grey, grey+alpha, palette, RGBA, CMYK, 16-bit, float) becomes 8-bit RGB the same way."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+class ImageLoadError(ValueError):
+    """An input could not be read as an image (the message names it)."""
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open `path` as an 8-bit RGB PIL image, fully decoded (so truncation is caught here, not later)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"image file not found: {path}")
+    if path.is_dir():
+        raise ImageLoadError(f"{path} is a directory, not an image file.")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_rgb(image, name=str(path))
+    except UnidentifiedImageError as err:
+        raise ImageLoadError(f"{path} is not an image file PIL can read ({err}); pass a PNG/JPEG/... image.") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        if isinstance(err, ImageLoadError):
+            raise
+        raise ImageLoadError(f"{path} is a corrupt or truncated image ({err}); re-export or remove it.") from err
+
+
+def to_rgb(image: Image.Image | np.ndarray, name: str = "image") -> Image.Image:
+    """Convert a PIL image or an array to 8-bit RGB.
+
+    Transparency is composited over white; 16-bit and 32-bit integer images are scaled from their full
+    range; float images are read as [0, 1] (or [0, 255] when their maximum is above 1). NaN or infinite
+    pixels are an error rather than a silent black patch."""
+    if isinstance(image, np.ndarray):
+        return Image.fromarray(_array_to_uint8(image, name))
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"{name}: expected a PIL image or a numpy array, got {type(image).__name__}.")
+    if image.mode == "RGB":
+        return image.copy()
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return Image.fromarray(_array_to_uint8(np.asarray(image), name, mode=image.mode))
+    return image.convert("RGB")  # L, P, CMYK, YCbCr, LAB, HSV, 1
+
+
+def _array_to_uint8(array: np.ndarray, name: str, mode: str | None = None) -> np.ndarray:
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise ImageLoadError(f"{name}: expected an (H, W), (H, W, 3) or (H, W, 4) array, got shape {array.shape}.")
+    if array.size == 0:
+        raise ImageLoadError(f"{name}: the image is empty (shape {array.shape}).")
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ImageLoadError(f"{name}: the image has NaN or infinite pixels; clean it before encoding.")
+        scale = 255.0 if array.max() <= 1.0 else 1.0
+        array = np.clip(array * scale, 0, 255).round().astype(np.uint8)
+    elif array.dtype != np.uint8:
+        if mode is not None and mode.startswith("I;16") or array.dtype == np.uint16:
+            bits = 16
+        else:
+            bits = 16 if array.max() <= 65535 and array.max() > 255 else (8 if array.max() <= 255 else 32)
+        array = (np.clip(array.astype(np.float64), 0, 2**bits - 1) / (2**bits - 1) * 255).round().astype(np.uint8)
+    if array.ndim == 3 and array.shape[-1] == 4:  # composite over white
+        alpha = array[..., 3:4].astype(np.float64) / 255.0
+        array = (array[..., :3] * alpha + 255 * (1 - alpha)).round().astype(np.uint8)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=-1)
+    return np.ascontiguousarray(array)
+
+
+def list_image_files(root: str | os.PathLike) -> list[Path]:
+    """All image files under `root` (recursively, sorted, by extension)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)

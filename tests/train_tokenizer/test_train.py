@@ -1,0 +1,85 @@
+"""The training loop at micro scale: outputs, checkpoints, resume after an interruption, bad output dirs."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dove_vlm import DoveModel
+from tests.conftest import MICRO_OVERRIDES
+from train_tokenizer import train as train_module
+from train_tokenizer.checkpointing import list_checkpoints
+from train_tokenizer.config import TrainingArguments
+
+
+def micro_args(output_dir, **overrides):
+    values = dict(
+        output_dir=str(output_dir), preset="tiny", max_steps=6, batch_size=4, num_train_scenes=16, vqgan_steps=2,
+        checkpoint_every=2, eval_scenes=0, lpips_weight=0.0, warmup_steps=1, eos_warmup_steps=0,
+        eos_ramp_steps=4, truncation_prob=0.5, log_every=1, model_overrides=dict(MICRO_OVERRIDES),
+    )
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
+def test_training_writes_model_metrics_plots_and_prunes_checkpoints(tmp_path):
+    metrics = train_module.train(micro_args(tmp_path, eval_scenes=6))
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-4", "checkpoint-6"]
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["eval"]["num_images"] == 6 and len(saved["history"]) == 6
+    for name in saved["plots"]:
+        assert (tmp_path / name).stat().st_size > 0
+    model = DoveModel.from_pretrained(tmp_path)
+    assert model.config.max_tokens == MICRO_OVERRIDES["max_tokens"]
+    assert (tmp_path / "preprocessor_config.json").is_file() and (tmp_path / "vqgan" / "config.json").is_file()
+    assert metrics["eval"]["max_tokens"] == 16
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    train_module.train(micro_args(tmp_path / "straight"))
+    reference = load_file(str(tmp_path / "straight" / "model.safetensors"))
+
+    real_save = train_module.save_checkpoint
+
+    def save_then_die(output_dir, step, *args, **kwargs):
+        path = real_save(output_dir, step, *args, **kwargs)
+        if step == 4:
+            raise KeyboardInterrupt  # killed right after checkpoint-4
+        return path
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train(micro_args(tmp_path / "interrupted"))
+    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    assert not (tmp_path / "interrupted" / "model.safetensors").exists()
+    # A half-written checkpoint (no trainer_state.json) must never be picked up.
+    (tmp_path / "interrupted" / "checkpoint-5" / "model").mkdir(parents=True)
+    metrics = train_module.train(micro_args(tmp_path / "interrupted", resume=True))
+    resumed = load_file(str(tmp_path / "interrupted" / "model.safetensors"))
+    assert reference.keys() == resumed.keys()
+    for key in reference:
+        torch.testing.assert_close(resumed[key], reference[key], rtol=0, atol=1e-6)
+    assert [h["step"] for h in metrics["history"]] == list(range(6))
+
+
+def test_resume_without_checkpoints_starts_fresh(tmp_path, capsys):
+    train_module.train(micro_args(tmp_path, max_steps=2, resume=True))
+    assert "starting from scratch" in capsys.readouterr().out
+    assert (tmp_path / "model.safetensors").is_file()
+
+
+def test_unwritable_output_dir_fails_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(PermissionError, match="cannot write to the output directory"):
+        train_module.train(micro_args(blocker / "run"))
+
+
+def test_bad_training_arguments():
+    with pytest.raises(ValueError, match="mixed_precision"):
+        micro_args("x", mixed_precision="fp16")
+    with pytest.raises(ValueError, match="truncation_prob"):
+        micro_args("x", truncation_prob=2.0)
+    with pytest.raises(ValueError, match="unknown preset"):
+        micro_args("x", preset="huge")

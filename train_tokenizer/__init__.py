@@ -1,0 +1,1 @@
+"""Training DOVE / Q-DOVE tokenizers: `dove train` (see `train_tokenizer.train.train`)."""

@@ -1,0 +1,191 @@
+"""DOVE losses (DESIGN.md §1): reconstruction (MSE + LPIPS + optional patch-GAN), the EOS-length loss with
+its dynamic threshold, and the growing λ_eos schedule."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ReconstructionLossOutput:
+    loss: torch.Tensor  # scalar: mean of per_sample
+    per_sample: torch.Tensor  # (B,) weighted sum of the terms, per image
+    mse: torch.Tensor  # scalar, for logging
+    lpips: torch.Tensor | None = None
+    gan: torch.Tensor | None = None
+
+
+def build_lpips(net: str = "alex", trunk_weights: str | None = None) -> nn.Module:
+    """LPIPS from the `lpips` package with its shipped linear calibration layers.
+
+    The backbone (AlexNet/VGG) weights come from torchvision's hub, which is not reachable here, so the
+    backbone is random unless `trunk_weights` points at a local torchvision state dict. A random backbone
+    still gives a useful perceptual (random-feature) loss; a warning says which one is in use."""
+    import lpips
+
+    with warnings.catch_warnings():  # torchvision's deprecation notes about `pretrained=` inside lpips
+        warnings.simplefilter("ignore", UserWarning)
+        model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
+    if trunk_weights:
+        state = torch.load(trunk_weights, map_location="cpu", weights_only=True)
+        trunk = model.net
+        # lpips splits torchvision's `features` into slices that keep the original layer indices.
+        own = {f"{name}": p for name, p in trunk.named_parameters()}
+        mapped = {}
+        for key, value in state.items():
+            if not key.startswith("features."):
+                continue
+            index = key.split(".")[1]
+            for name in own:
+                parts = name.split(".")
+                if parts[1] == index and parts[-1] == key.split(".")[-1]:
+                    mapped[name] = value
+        missing = set(own) - set(mapped)
+        if missing:
+            raise ValueError(f"{trunk_weights} does not hold torchvision {net} weights (missing {sorted(missing)[:3]}...).")
+        trunk.load_state_dict({**trunk.state_dict(), **mapped})
+    else:
+        warnings.warn(f"LPIPS uses a random {net} backbone (no local weights given via lpips_trunk_weights); "
+                      "its linear layers are the package's calibrated ones.", stacklevel=2)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN discriminator (as in taming-transformers' NLayerDiscriminator): a map of real/fake logits."""
+
+    def __init__(self, in_channels: int = 3, width: int = 64, num_layers: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 4, 2, 1), nn.LeakyReLU(0.2)]
+        channels = width
+        for i in range(1, num_layers):
+            out = width * min(2**i, 8)
+            layers += [nn.Conv2d(channels, out, 4, 2, 1, bias=False), nn.GroupNorm(min(32, out // 4), out),
+                       nn.LeakyReLU(0.2)]
+            channels = out
+        layers += [nn.Conv2d(channels, 1, 3, 1, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+
+class ReconstructionLoss(nn.Module):
+    """`L_rec = mse_weight·MSE + lpips_weight·LPIPS + gan_weight·GAN`, per image and averaged."""
+
+    def __init__(self, mse_weight: float = 1.0, lpips_weight: float = 0.1, gan_weight: float = 5e-10,
+                 lpips_net: str = "alex", lpips_trunk_weights: str | None = None, use_gan: bool | None = None):
+        super().__init__()
+        self.mse_weight, self.lpips_weight, self.gan_weight = mse_weight, lpips_weight, gan_weight
+        self.lpips = build_lpips(lpips_net, lpips_trunk_weights) if lpips_weight > 0 else None
+        use_gan = gan_weight > 0 if use_gan is None else use_gan
+        self.discriminator = PatchDiscriminator() if use_gan else None
+
+    def train(self, mode: bool = True) -> ReconstructionLoss:
+        super().train(mode)
+        if self.lpips is not None:
+            self.lpips.eval()  # a fixed metric: never dropout
+        return self
+
+    def forward(self, reconstruction: torch.Tensor, target: torch.Tensor) -> ReconstructionLossOutput:
+        if reconstruction.shape != target.shape:
+            raise ValueError(f"reconstruction {tuple(reconstruction.shape)} and target {tuple(target.shape)} differ.")
+        mse = (reconstruction - target).pow(2).flatten(1).mean(1)
+        per_sample = self.mse_weight * mse
+        lpips_value = gan_value = None
+        if self.lpips is not None:
+            lpips_value = self.lpips(reconstruction, target).flatten(1).mean(1)
+            per_sample = per_sample + self.lpips_weight * lpips_value
+        if self.discriminator is not None:
+            gan_value = -self.discriminator(reconstruction).flatten(1).mean(1)  # hinge-GAN generator term
+            per_sample = per_sample + self.gan_weight * gan_value
+        return ReconstructionLossOutput(
+            loss=per_sample.mean(), per_sample=per_sample, mse=mse.mean().detach(),
+            lpips=None if lpips_value is None else lpips_value.mean().detach(),
+            gan=None if gan_value is None else gan_value.mean().detach(),
+        )
+
+    def discriminator_loss(self, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Hinge loss for the discriminator (reconstructions must be detached by the caller)."""
+        if self.discriminator is None:
+            raise RuntimeError("this ReconstructionLoss has no discriminator (gan_weight is 0).")
+        real = self.discriminator(target)
+        fake = self.discriminator(reconstruction)
+        return 0.5 * (F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean())
+
+
+def eos_loss(p_eos: torch.Tensor, lengths: torch.Tensor, rec_per_sample: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Per-sample EOS-length loss (DESIGN.md §1), shape (B,).
+
+    - `L_rec > T` (too lossy): `p_eos(m)` — pushing it down moves the end later;
+    - else (good enough): `-(1/(m-1))·Σ_{i<m} p_eos(i)` — pulling earlier positions up moves the end earlier;
+      for m == 1 there is nothing earlier and the loss is 0.
+    `p_eos` is (B, n), `lengths` (B,) in [1, n] (1-based), `rec_per_sample` (B,) detached."""
+    if p_eos.ndim != 2 or lengths.shape != p_eos.shape[:1] or rec_per_sample.shape != lengths.shape:
+        raise ValueError(f"expected p_eos (B, n), lengths (B,), rec (B,); got {tuple(p_eos.shape)}, "
+                         f"{tuple(lengths.shape)}, {tuple(rec_per_sample.shape)}.")
+    n = p_eos.shape[1]
+    lengths = lengths.long().clamp(1, n)
+    at_end = p_eos.gather(1, (lengths - 1)[:, None])[:, 0]
+    positions = torch.arange(n, device=p_eos.device)[None]
+    before = (positions < (lengths - 1)[:, None]).to(p_eos.dtype)
+    earlier_mean = (p_eos * before).sum(1) / (lengths - 1).clamp(min=1).to(p_eos.dtype)
+    too_lossy = rec_per_sample > threshold
+    return torch.where(too_lossy, at_end, -earlier_mean)
+
+
+class DynamicThreshold:
+    """T = mean reconstruction loss over the last `window` steps (the current batch's loss until any exist)."""
+
+    def __init__(self, window: int = 100):
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}.")
+        self.window = window
+        self.values: deque[float] = deque(maxlen=window)
+
+    def value(self, current: float) -> float:
+        return sum(self.values) / len(self.values) if self.values else float(current)
+
+    def update(self, value: float) -> None:
+        if math.isfinite(value):
+            self.values.append(float(value))
+
+    def state_dict(self) -> dict:
+        return {"window": self.window, "values": list(self.values)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.window = int(state["window"])
+        self.values = deque((float(v) for v in state["values"]), maxlen=self.window)
+
+
+class EosWeightSchedule:
+    """λ_eos(step): `start` for `warmup_steps`, then grows to `end` over `ramp_steps` (geometrically for
+    `kind="exponential"`, linearly for `"linear"`), then stays at `end`."""
+
+    def __init__(self, start: float = 1e-3, end: float = 1.0, warmup_steps: int = 0, ramp_steps: int = 1000,
+                 kind: str = "exponential"):
+        if kind not in ("exponential", "linear"):
+            raise ValueError(f"unknown schedule kind {kind!r}; choose 'exponential' or 'linear'.")
+        if kind == "exponential" and (start <= 0 or end <= 0):
+            raise ValueError(f"an exponential schedule needs start and end > 0, got {start} and {end}.")
+        if warmup_steps < 0 or ramp_steps < 0:
+            raise ValueError("warmup_steps and ramp_steps must be >= 0.")
+        self.start, self.end, self.warmup_steps, self.ramp_steps, self.kind = start, end, warmup_steps, ramp_steps, kind
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.start
+        if self.ramp_steps == 0 or step >= self.warmup_steps + self.ramp_steps:
+            return self.end
+        t = (step - self.warmup_steps) / self.ramp_steps
+        if self.kind == "linear":
+            return self.start + t * (self.end - self.start)
+        return self.start * (self.end / self.start) ** t
