@@ -37,8 +37,6 @@ def _train(ns: argparse.Namespace) -> int:
     from train_tokenizer.config import TrainingArguments
     from train_tokenizer.train import train
 
-    if ns.query:
-        raise NotImplementedError("--query (Q-DOVE training) is not available yet in this version.")
     names = {f.name for f in dataclasses.fields(TrainingArguments)} - {"model_overrides"}
     args = TrainingArguments(**{k: v for k, v in vars(ns).items() if k in names})
     metrics = train(args)
@@ -70,26 +68,35 @@ def format_report(metrics: dict, output_dir: str) -> str:
 
 def _encode(ns: argparse.Namespace) -> int:
     import torch
+    from tqdm.auto import tqdm
 
     from .data import load_image
     from .image_processing_dove import DoveImageProcessor
     from .modeling_dove import DoveModel
 
+    if ns.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {ns.batch_size}.")
     model = DoveModel.from_pretrained(ns.model).eval()
     processor = DoveImageProcessor.from_pretrained(ns.model) if (Path(ns.model) / "preprocessor_config.json").is_file() \
         else DoveImageProcessor(size=model.config.image_size)
+    if ns.query is not None and not ns.query.strip():
+        print("dove encode: note: an empty --query is the null query (whole image).", file=sys.stderr)
     results = []
-    for path in ns.images:
-        image = load_image(path)
+    batches = [ns.images[i : i + ns.batch_size] for i in range(0, len(ns.images), ns.batch_size)]
+    for paths in tqdm(batches, desc="encoding", unit="batch", disable=len(batches) < 2, file=sys.stderr):
+        pixels = processor([load_image(path) for path in paths])["pixel_values"]
         with torch.no_grad():
-            enc = model.encode(processor(image, return_tensors="pt")["pixel_values"],
-                               max_tokens=ns.max_tokens, eos_threshold=ns.eos_threshold)
-        entry = {"image": path, "num_tokens": int(enc.lengths[0])}
-        if ns.features:
-            entry["tokens"] = enc.tokens[0, : entry["num_tokens"]].tolist()
-        results.append(entry)
-        if not ns.json:
-            print(f"{path}\t{entry['num_tokens']}")
+            enc = model.encode(pixels, queries=ns.query, max_tokens=ns.max_tokens, eos_threshold=ns.eos_threshold,
+                               min_tokens=ns.min_tokens, early_exit=True)
+        for i, path in enumerate(paths):
+            entry = {"image": path, "num_tokens": int(enc.lengths[i])}
+            if ns.query is not None:
+                entry["query"] = ns.query
+            if ns.features:
+                entry["tokens"] = enc.tokens[i, : entry["num_tokens"]].tolist()
+            results.append(entry)
+            if not ns.json:
+                print(f"{path}\t{entry['num_tokens']}")
     if ns.json:
         print(json.dumps(results))
     return 0
@@ -119,7 +126,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_train = sub.add_parser("train", help="train a DOVE tokenizer (writes a checkpoint, metrics.json and plots)")
     _add_dataclass_arguments(p_train, TrainingArguments, skip=("model_overrides",))
-    p_train.add_argument("--query", action="store_true", help="train Q-DOVE (text-queried tokens)")
     p_train.set_defaults(func=_train)
 
     p_enc = sub.add_parser("encode", help="token counts (and features) of images")
@@ -129,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_enc.add_argument("--features", action="store_true", help="include the token features")
     p_enc.add_argument("--max-tokens", type=int, default=None)
     p_enc.add_argument("--eos-threshold", type=float, default=None)
+    p_enc.add_argument("--min-tokens", type=int, default=None)
+    p_enc.add_argument("--query", default=None, help="Q-DOVE text query for every image ('' = whole image)")
+    p_enc.add_argument("--batch-size", type=int, default=32)
     p_enc.set_defaults(func=_encode)
 
     p_demo = sub.add_parser("demo", help="the whole pipeline at tiny scale on the embedded data")
@@ -148,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, PermissionError, NotImplementedError, OSError) as err:
+    except (ValueError, TypeError, FileNotFoundError, PermissionError, NotImplementedError, OSError) as err:
         print(f"dove {ns.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
 

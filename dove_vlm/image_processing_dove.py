@@ -66,6 +66,25 @@ class DoveImageProcessor(BaseImageProcessor):
         left, top = (new_w - self.size) // 2, (new_h - self.size) // 2
         return image.crop((left, top, left + self.size, top + self.size))
 
+    def transform_boxes(self, boxes, original_size: tuple[int, int]) -> torch.Tensor:
+        """Normalised xyxy boxes of an image of `original_size` (width, height) → `(K, 4)` pixel boxes in the
+        processed image (after the same resize/crop), clipped; boxes cropped away entirely are dropped."""
+        width, height = original_size
+        out = []
+        for x0, y0, x1, y1 in boxes:
+            if self.resize_mode == "squash" or not self.do_resize:
+                sx, sy, left, top = self.size, self.size, 0.0, 0.0
+            else:
+                scale = self.size / min(width, height)
+                new_w, new_h = max(self.size, round(width * scale)), max(self.size, round(height * scale))
+                sx, sy = new_w, new_h
+                left, top = (new_w - self.size) // 2, (new_h - self.size) // 2
+            box = [x0 * sx - left, y0 * sy - top, x1 * sx - left, y1 * sy - top]
+            box = [min(max(v, 0.0), float(self.size)) for v in box]
+            if box[2] - box[0] > 0 and box[3] - box[1] > 0:
+                out.append(box)
+        return torch.tensor(out, dtype=torch.float32).reshape(-1, 4)
+
     @staticmethod
     def postprocess(pixel_values: torch.Tensor) -> list[Image.Image]:
         """`(B, 3, H, W)` in [-1, 1] → 8-bit RGB PIL images."""

@@ -6,15 +6,18 @@ d generator width, k token width (`config.token_dim`).
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from diffusers import VQModel
 from torch import nn
-from transformers import GPTNeoXConfig, GPTNeoXModel, PreTrainedModel
+from transformers import DynamicCache, GPTNeoXConfig, GPTNeoXModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_dove import DoveConfig
@@ -28,7 +31,8 @@ class DoveEncoderOutput(ModelOutput):
         tokens (`(B, L, k)`): continuous tokens, zero after each image's length (L = longest length in the batch).
         lengths (`(B,)` long): number of kept tokens per image, in [min_tokens, max_tokens].
         attention_mask (`(B, L)` long): 1 for kept tokens, 0 after the end of sequence.
-        p_eos (`(B, n)`): end-of-sequence probability at every timestep slot.
+        p_eos (`(B, s)`): end-of-sequence probability at every computed timestep slot (s = n, or fewer with
+            early exit).
         latents (`(B, C, h, w)`): the VQGAN's continuous (pre-quantization) latents of the input.
     """
 
@@ -65,6 +69,26 @@ class DoveModelOutput(ModelOutput):
     predicted_latents: torch.FloatTensor | None = None
 
 
+@dataclass
+class DovePrefix:
+    """The generator's KV cache over the visual prefix H_v of a batch of images ([`DoveModel.encode_prefix`]),
+    reused by [`DoveModel.encode`] for any number of queries without re-running the VQGAN or H_v."""
+
+    latents: torch.Tensor
+    cache: DynamicCache
+
+    @property
+    def batch_size(self) -> int:
+        return self.latents.shape[0]
+
+    def expand(self, copies: int) -> DovePrefix:
+        """A fresh cache (the generator appends to it) with each image repeated `copies` times."""
+        cache = copy.deepcopy(self.cache)
+        if copies > 1:
+            cache.batch_repeat_interleave(copies)
+        return DovePrefix(self.latents.repeat_interleave(copies, dim=0), cache)
+
+
 def sinusoidal_embeddings(num_positions: int, dim: int) -> torch.Tensor:
     """Fixed transformer sinusoids for positions 1..num_positions, shape `(num_positions, dim)`."""
     positions = torch.arange(1, num_positions + 1, dtype=torch.float32)[:, None]
@@ -95,6 +119,9 @@ def lengths_from_p_eos(
 def length_mask(lengths: torch.Tensor, width: int) -> torch.LongTensor:
     """`(B, width)` mask with ones on the first `lengths[b]` positions."""
     return (torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]).long()
+
+
+QUERY_TOKENIZER_DIR = "query_tokenizer"
 
 
 def _looks_local(source: str) -> bool:
@@ -185,6 +212,13 @@ class DovePreTrainedModel(PreTrainedModel):
         bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
         if bad:
             raise ValueError(f"the weights in {source!r} do not match its config ({ {k: list(v)[:3] for k, v in bad.items()} }).")
+        if getattr(model.config, "freeze_vqgan", False):
+            model.vqgan.requires_grad_(False)  # loading re-creates parameters (requires_grad=True)
+        tokenizer_dir = os.path.join(source, QUERY_TOKENIZER_DIR)
+        if getattr(model, "supports_queries", False) and os.path.isdir(tokenizer_dir):
+            from transformers import AutoTokenizer
+
+            model.set_query_tokenizer(AutoTokenizer.from_pretrained(tokenizer_dir))
         return (model, info) if want_info else model
 
     @torch.no_grad()
@@ -224,6 +258,9 @@ class DoveModel(DovePreTrainedModel):
         self.token_head = nn.Linear(d, config.token_dim)
         self.eos_head = nn.Linear(d, 1)
         self.token_decoder = DoveTokenDecoder(config)
+        # Q-DOVE: text query embeddings (the tokenizer itself is saved beside the weights, `query_tokenizer/`).
+        self.query_embed = nn.Embedding(config.query_vocab_size, d) if config.query_vocab_size else None
+        self.query_tokenizer = None
         self.post_init()
         if config.freeze_vqgan:
             self.vqgan.requires_grad_(False)
@@ -282,6 +319,16 @@ class DoveModel(DovePreTrainedModel):
         self.config.latent_mean = latents.mean((0, 2, 3)).tolist()
         self.config.latent_std = latents.std((0, 2, 3)).clamp_min(1e-6).tolist()
 
+    def latent_loss(self, predicted: torch.Tensor, latents: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """MSE between predicted and true latents in normalised (unit-scale) units; `mask` `(B, 1, h, w)`
+        restricts it to some latent cells (Q-DOVE: the queried boxes)."""
+        _, std = self._latent_statistics(latents)
+        error = ((predicted.float() - latents.float()) / std.float()).pow(2)
+        if mask is None:
+            return error.mean()
+        mask = mask.to(error).expand_as(error)
+        return (error * mask).sum() / mask.sum().clamp(min=1)
+
     def _visual_prefix(self, latents: torch.Tensor) -> torch.Tensor:
         """H_v: `(B, P, d)` from latents `(B, C, h, w)` (normalised per channel first)."""
         mean, std = self._latent_statistics(latents)
@@ -308,44 +355,209 @@ class DoveModel(DovePreTrainedModel):
             raise ValueError("pixel_values contain NaN or Inf; check the image loading/normalisation.")
 
     # Public API -----------------------------------------------------------------------------------------
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus the query tokenizer (Q-DOVE) in `query_tokenizer/`."""
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if self.query_tokenizer is not None:
+            self.query_tokenizer.save_pretrained(os.path.join(save_directory, QUERY_TOKENIZER_DIR))
+        return result
+
+    # Q-DOVE queries -------------------------------------------------------------------------------------
+    @property
+    def supports_queries(self) -> bool:
+        return self.query_embed is not None
+
+    def set_query_tokenizer(self, tokenizer) -> None:
+        """Attach the tokenizer of the text queries (saved with the model by `save_pretrained`)."""
+        if not self.supports_queries:
+            raise ValueError("this DOVE model has no query embedding (query_vocab_size=0); build it with "
+                             "query_vocab_size=len(tokenizer) to use text queries.")
+        if len(tokenizer) > self.config.query_vocab_size:
+            raise ValueError(f"the tokenizer has {len(tokenizer)} entries but the query embedding only "
+                             f"{self.config.query_vocab_size}; rebuild the model with a larger query_vocab_size.")
+        self.query_tokenizer = tokenizer
+
+    def tokenize_queries(self, queries, batch_size: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Queries → `(ids (B, q), mask (B, q))`, or `(None, None)` when every query is null.
+
+        Documented handling: `None`, `""` and whitespace-only strings are the null query (the whole image); one
+        string is used for every image; a list must have one entry per image; a query longer than
+        `config.query_max_length` tokens is truncated with a warning; non-ASCII text goes through the
+        tokenizer (unknown words become its unknown token)."""
+        if queries is None:
+            return None, None
+        if isinstance(queries, str):
+            queries = [queries] * batch_size
+        if not isinstance(queries, (list, tuple)):
+            raise TypeError(f"queries must be a string, a list of strings or None, got {type(queries).__name__}.")
+        if len(queries) != batch_size:
+            raise ValueError(f"got {len(queries)} queries for {batch_size} images; pass one query per image "
+                             "(None or '' for the whole image).")
+        texts = []
+        for i, query in enumerate(queries):
+            if query is not None and not isinstance(query, str):
+                raise TypeError(f"query {i} is a {type(query).__name__}, not a string or None.")
+            texts.append(query.strip() if query else "")
+        if not any(texts):
+            return None, None
+        if not self.supports_queries:
+            raise ValueError("this DOVE model was trained without text queries (plain DOVE); use a Q-DOVE "
+                             "checkpoint (`dove train --query`) or pass queries=None.")
+        if self.query_tokenizer is None:
+            raise ValueError("this Q-DOVE model has no query tokenizer; call set_query_tokenizer(...) first.")
+        limit = self.config.query_max_length
+        ids = []
+        for i, text in enumerate(texts):
+            row = self.query_tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+            if len(row) > limit:
+                warnings.warn(f"query {i} ({text[:40]!r}...) has {len(row)} tokens; truncated to the query budget "
+                              f"of {limit} (config.query_max_length).", stacklevel=3)
+                row = row[:limit]
+            ids.append(row)
+        width = max(len(row) for row in ids)
+        if width == 0:
+            return None, None
+        device = self.latent_in.weight.device
+        id_tensor = torch.zeros(batch_size, width, dtype=torch.long, device=device)
+        mask = torch.zeros(batch_size, width, dtype=torch.long, device=device)
+        for i, row in enumerate(ids):
+            id_tensor[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = 1
+        return id_tensor, mask
+
+    # The generator pass -----------------------------------------------------------------------------------
+    def _run_generator(
+        self,
+        latents: torch.Tensor,
+        query_ids: torch.Tensor | None,
+        query_mask: torch.Tensor | None,
+        num_slots: int,
+        prefix: DovePrefix | None = None,
+        chunk_size: int | None = None,
+        done: Callable[[torch.Tensor, int], bool] | None = None,
+    ) -> torch.Tensor:
+        """Hidden states of the timestep slots, `(B, s, d)`, over `[H_v ; H_q ; t_1..t_s]`.
+
+        One parallel call by default. With `prefix`, H_v comes from its KV cache; with `chunk_size`, the slots
+        run in chunks on a KV cache and stop as soon as `done(hidden_so_far, slots_so_far)` says so (early
+        exit). Positions are explicit so that padding a shorter query never shifts the timestep positions:
+        a batch gives what its images give one by one, and a null query is exactly plain DOVE."""
+        batch, num_visual = latents.shape[0], self.config.num_latent_positions
+        device = latents.device
+        query_len = torch.zeros(batch, dtype=torch.long, device=device)
+        head_embeds, head_positions, head_mask = [], [], []
+        if prefix is None:
+            head_embeds.append(self._visual_prefix(latents))
+            head_positions.append(torch.arange(num_visual, device=device).expand(batch, -1))
+            head_mask.append(torch.ones(batch, num_visual, dtype=torch.long, device=device))
+        if query_ids is not None:
+            query_len = query_mask.sum(1)
+            head_embeds.append(self.query_embed(query_ids) * query_mask.unsqueeze(-1).to(latents.dtype))
+            head_positions.append(num_visual + torch.arange(query_ids.shape[1], device=device).expand(batch, -1))
+            head_mask.append(query_mask.long())
+        timesteps = self._timesteps(batch, num_slots).to(head_embeds[0].dtype if head_embeds else latents.dtype)
+        slot_positions = num_visual + query_len[:, None] + torch.arange(num_slots, device=device)[None]
+        use_mask = query_ids is not None  # without a query every position is real: plain causal attention
+        chunk = num_slots if chunk_size is None else max(1, int(chunk_size))
+        cache = prefix.cache if prefix is not None else (DynamicCache() if chunk < num_slots else None)
+        past_mask = torch.ones(batch, num_visual if prefix is not None else 0, dtype=torch.long, device=device)
+        outputs = []
+        for start in range(0, num_slots, chunk):
+            stop = min(start + chunk, num_slots)
+            embeds = head_embeds + [timesteps[:, start:stop]] if start == 0 else [timesteps[:, start:stop]]
+            positions = head_positions + [slot_positions[:, start:stop]] if start == 0 else [slot_positions[:, start:stop]]
+            mask = head_mask if start == 0 else []
+            mask = torch.cat([past_mask, *mask, torch.ones(batch, stop - start, dtype=torch.long, device=device)], 1)
+            past_mask = mask
+            kwargs = dict(inputs_embeds=torch.cat(embeds, 1), position_ids=torch.cat(positions, 1))
+            if use_mask:
+                kwargs["attention_mask"] = mask
+            if cache is not None:
+                kwargs.update(cache=cache, use_cache=True)
+            outputs.append(self.generator(**kwargs).last_hidden_state[:, -(stop - start):])
+            if done is not None and stop < num_slots and done(torch.cat(outputs, 1), stop):
+                break
+        return torch.cat(outputs, 1)
+
+    @torch.no_grad()
+    def encode_prefix(self, pixel_values: torch.Tensor) -> DovePrefix:
+        """Run the VQGAN encoder and the generator over H_v once; reuse the result for many queries with
+        `encode(prefix=..., queries=[...])` (the prefix cache)."""
+        latents = self.encode_latents(pixel_values)
+        cache = DynamicCache()
+        positions = torch.arange(self.config.num_latent_positions, device=latents.device).expand(latents.shape[0], -1)
+        self.generator(inputs_embeds=self._visual_prefix(latents), position_ids=positions, cache=cache, use_cache=True)
+        return DovePrefix(latents=latents, cache=cache)
+
+    # Public API -----------------------------------------------------------------------------------------
     def encode(
         self,
-        pixel_values: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
         queries=None,
         max_tokens: int | None = None,
         eos_threshold: float | None = None,
         min_tokens: int | None = None,
         num_tokens: int | torch.Tensor | None = None,
+        early_exit: bool = False,
+        chunk_size: int = 8,
+        prefix: DovePrefix | None = None,
     ) -> DoveEncoderOutput:
         """Images → variable-length continuous tokens, in one parallel causal pass.
 
         Args:
-            pixel_values (`(B, 3, H, W)`): images in [-1, 1] at `config.image_size`.
-            queries: Q-DOVE text queries (reserved; `None` means the whole image).
+            pixel_values (`(B, 3, H, W)`): images in [-1, 1] at `config.image_size` (or give `prefix`).
+            queries: Q-DOVE text queries: `None`, one string for all images, or one string (or None) per image;
+                empty/whitespace-only strings and None mean the whole image (see `tokenize_queries`).
             max_tokens (`int`, *optional*): cap on the length (≤ config.max_tokens); fewer slots are computed.
-            eos_threshold (`float`, *optional*): overrides `config.eos_threshold`.
+            eos_threshold (`float`, *optional*): overrides `config.eos_threshold` (the length knob).
             min_tokens (`int`, *optional*): overrides `config.min_tokens`.
             num_tokens (`int` or `(B,)`, *optional*): force the length (truncation to k tokens; fixed-k mode);
                 entries ≤ 0 keep that image's adaptive length.
+            early_exit (`bool`): run the slots in chunks of `chunk_size` on a KV cache and stop at the chunk
+                where every image has ended; same tokens and lengths as the full pass (for inference).
+            prefix ([`DovePrefix`], *optional*): the cached visual prefix of `encode_prefix`; with one image and
+                several queries, the image is reused for every query.
         """
-        if queries is not None:
-            raise NotImplementedError("text queries (Q-DOVE) are not available in this model yet.")
         n = self._resolve_max_tokens(max_tokens)
-        latents = self.encode_latents(pixel_values)
+        threshold = self.config.eos_threshold if eos_threshold is None else eos_threshold
+        shortest = self.config.min_tokens if min_tokens is None else min_tokens
+        if prefix is not None:
+            if pixel_values is not None:
+                raise ValueError("pass either pixel_values or prefix, not both.")
+            count = len(queries) if isinstance(queries, (list, tuple)) else prefix.batch_size
+            if prefix.batch_size not in (1, count):
+                raise ValueError(f"the prefix holds {prefix.batch_size} images but {count} queries were given.")
+            prefix = prefix.expand(count if prefix.batch_size == 1 else 1)
+            latents = prefix.latents
+        elif pixel_values is None:
+            raise ValueError("encode needs pixel_values (or a prefix from encode_prefix).")
+        else:
+            latents = self.encode_latents(pixel_values)
         batch = latents.shape[0]
-        sequence = torch.cat([self._visual_prefix(latents), self._timesteps(batch, n)], dim=1)
-        hidden = self.generator(inputs_embeds=sequence).last_hidden_state[:, -n:]
+        query_ids, query_mask = self.tokenize_queries(queries, batch)
+        forced = None
+        if num_tokens is not None:
+            forced = torch.as_tensor(num_tokens, device=latents.device).long().expand(batch).clamp(max=n)
+
+        done = None
+        if early_exit:
+            def done(hidden: torch.Tensor, slots: int) -> bool:
+                p = torch.sigmoid(self.eos_head(hidden).squeeze(-1).float())
+                above = p > threshold
+                above[:, : shortest - 1] = False
+                finished = above.any(1)
+                if forced is not None:
+                    finished = torch.where(forced > 0, forced <= slots, finished)
+                return bool(finished.all())
+
+        hidden = self._run_generator(latents, query_ids, query_mask, n, prefix=prefix,
+                                     chunk_size=chunk_size if early_exit else None, done=done)
         tokens = self.token_head(hidden)
         p_eos = torch.sigmoid(self.eos_head(hidden).squeeze(-1).float())
-        lengths = lengths_from_p_eos(
-            p_eos.detach(),
-            self.config.eos_threshold if eos_threshold is None else eos_threshold,
-            self.config.min_tokens if min_tokens is None else min_tokens,
-            n,
-        )
-        if num_tokens is not None:
-            forced = torch.as_tensor(num_tokens, device=tokens.device).long().expand(batch)
-            lengths = torch.where(forced > 0, forced.clamp(max=n), lengths)
+        lengths = lengths_from_p_eos(p_eos.detach(), threshold, shortest, n)
+        if forced is not None:
+            lengths = torch.where(forced > 0, forced, lengths)
+        lengths = lengths.clamp(max=hidden.shape[1])
         width = int(lengths.max())
         mask = length_mask(lengths, width)
         tokens = tokens[:, :width] * mask.unsqueeze(-1).to(tokens.dtype)

@@ -58,6 +58,16 @@ def test_train_command_line_end_to_end_at_micro_scale(tmp_path, capsys):
     assert metrics["steps"] == 2 and metrics["eval"]["num_images"] == 4
 
 
-def test_query_training_is_refused_clearly(tmp_path, capsys):
-    assert main(["train", "--output-dir", str(tmp_path), "--query"]) == 2
-    assert "--query" in capsys.readouterr().err
+def test_encode_with_query_batches_and_plain_model_refuses_queries(micro_model, tmp_path, capsys):
+    from PIL import Image
+
+    micro_model.save_pretrained(tmp_path / "model")
+    paths = []
+    for i in range(5):
+        Image.new("RGB", (32, 32), (40 * i, 0, 0)).save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    assert main(["encode", *paths, "--model", str(tmp_path / "model"), "--batch-size", "2", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 5
+    assert main(["encode", paths[0], "--model", str(tmp_path / "model"), "--query", "the red circle"]) == 2
+    assert "trained without text queries" in capsys.readouterr().err
+    assert main(["encode", paths[0], "--model", str(tmp_path / "model"), "--query", "  "]) == 0

@@ -201,3 +201,10 @@ def test_latent_statistics_must_match_channels(micro_config):
         type(micro_config)(**{**micro_config.to_dict(), "latent_mean": [0.0, 1.0]})
     with pytest.raises(ValueError, match="latent_std must be positive"):
         type(micro_config)(**{**micro_config.to_dict(), "latent_std": [0.0] * micro_config.latent_channels})
+
+
+def test_reloaded_model_keeps_the_vqgan_frozen(micro_model, tmp_path):
+    micro_model.save_pretrained(tmp_path)
+    reloaded = DoveModel.from_pretrained(tmp_path)
+    assert not any(p.requires_grad for p in reloaded.vqgan.parameters())
+    assert all(p.requires_grad for p in reloaded.generator.parameters())

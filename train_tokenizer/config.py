@@ -22,6 +22,9 @@ class TrainingArguments:
         vqgan / generator_init: pretrained parts (folder or hub id); without `vqgan`, the preset's VQGAN stage
             trains a VQGAN for `vqgan_steps` on the data first, then freezes it.
         lpips_trunk: local VGG/AlexNet trunk weights for LPIPS (a random trunk is used otherwise).
+        latent_weight: weight of an auxiliary MSE between predicted and true (normalised) VQGAN latents. Beyond
+            the paper: the frozen VQGAN decoder makes the pixel loss badly conditioned for small models, and
+            the latent target speeds up learning; the EOS loss and its threshold still use the paper's L_rec.
         eos_weight_start / eos_weight_end / eos_warmup_steps / eos_ramp_steps: the growing λ_eos schedule.
         threshold_window: steps averaged by the dynamic EOS threshold (100 in the paper).
         truncation_prob: share of samples decoded from a random prefix length instead of their own length,
@@ -29,6 +32,13 @@ class TrainingArguments:
         checkpoint_every / keep_checkpoints: checkpoint interval (steps) and how many to keep.
         resume: continue from the newest complete checkpoint in `output_dir`.
         eval_scenes: held-out synthetic scenes for the final report (0 skips it).
+        query: train Q-DOVE: each image gets a text query with boxes (`query_null_prob` of them the null query);
+            the loss is the in-box reconstruction plus `outside_weight` (λ_o) times the MSE outside the boxes,
+            and the EOS threshold of queried samples compares in-box losses only. `data` is then `synthetic`
+            (phrases and questions of the embedded scenes) or `vg:IMAGE_DIR:REGIONS_JSON[:QA_JSON]`.
+        init_from: a DOVE checkpoint to start from (for `--query`, the query embedding is added to it).
+        query_tokenizer: a transformers tokenizer folder for the queries (default: a word-level tokenizer of
+            the embedded scenes' phrases and questions).
     """
 
     output_dir: str
@@ -52,6 +62,7 @@ class TrainingArguments:
     lpips_weight: float | None = None
     gan_weight: float | None = None
     mse_weight: float = 1.0
+    latent_weight: float | None = None
     rec_weight: float = 1.0
     eos_weight_start: float | None = None
     eos_weight_end: float | None = None
@@ -62,6 +73,11 @@ class TrainingArguments:
     checkpoint_every: int | None = None
     keep_checkpoints: int = 2
     resume: bool = False
+    query: bool = False
+    init_from: str | None = None
+    query_tokenizer: str | None = None
+    query_null_prob: float = 0.5
+    outside_weight: float = 1e-10
     eval_scenes: int | None = None
     log_every: int = 10
     model_overrides: dict[str, Any] = field(default_factory=dict)
@@ -72,6 +88,8 @@ class TrainingArguments:
                 setattr(self, key, value)
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r} (fp16 overflows here).")
+        if not 0.0 <= self.query_null_prob <= 1.0:
+            raise ValueError(f"query_null_prob must be in [0, 1], got {self.query_null_prob}.")
         if not 0.0 <= self.truncation_prob <= 1.0:
             raise ValueError(f"truncation_prob must be in [0, 1], got {self.truncation_prob}.")
         for name in ("max_steps", "batch_size", "checkpoint_every", "gradient_accumulation_steps"):

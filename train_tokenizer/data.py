@@ -29,7 +29,7 @@ class UInt8ImageDataset(Dataset):
 
 def materialize_scenes(scenes: SyntheticScenes, desc: str = "generating scenes") -> torch.Tensor:
     """Render every scene once into a uint8 tensor (generation is cheap but not free at every step)."""
-    images = [torch.from_numpy(np.asarray(scenes[i].image, dtype=np.uint8)).permute(2, 0, 1) for i in
+    images = [torch.from_numpy(np.array(scenes[i].image, dtype=np.uint8)).permute(2, 0, 1) for i in
               tqdm(range(len(scenes)), desc=desc, leave=False)]
     return torch.stack(images)
 

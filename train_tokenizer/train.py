@@ -3,6 +3,7 @@ checkpoint), on accelerate so the same code runs on one CPU or many GPUs, in fp3
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -18,15 +19,22 @@ from transformers import get_cosine_schedule_with_warmup
 
 from dove_vlm import DoveModel, preset_config
 from dove_vlm.image_processing_dove import DoveImageProcessor
+from dove_vlm.data.grounding import load_visual_genome
 from dove_vlm.pretrained import load_generator, load_vqgan
+from dove_vlm.query_tokenizer import default_query_tokenizer
 
 from .checkpointing import latest_checkpoint, load_torch_state, load_trainer_state, save_checkpoint
 from .config import TrainingArguments
 from .data import batch_indices, build_training_dataset, get_batch
-from .evaluate import evaluate_tokenizer
+from .evaluate import evaluate_queries, evaluate_tokenizer
 from .losses import DynamicThreshold, EosWeightSchedule, ReconstructionLoss, eos_loss
 from .plots import write_plots
+from .query import GroundingTrainingSet, box_mask, query_loss
 from .vqgan_stage import train_vqgan
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
+    return values[mask].mean().item() if mask.any() else float("nan")
 
 
 def check_output_dir(output_dir: str | os.PathLike, min_free_bytes: int = 50 * 2**20) -> Path:
@@ -53,15 +61,62 @@ def sample_truncation(batch: int, max_tokens: int, prob: float, seed: int, step:
     return torch.where(torch.rand(batch, generator=gen) < prob, forced, torch.zeros_like(forced))
 
 
+def load_query_tokenizer(args: TrainingArguments):
+    if args.query_tokenizer:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(args.query_tokenizer)
+    return default_query_tokenizer()
+
+
 def build_model(args: TrainingArguments, resume_from: Path | None) -> DoveModel:
     if resume_from is not None:
         return DoveModel.from_pretrained(resume_from / "model")
-    model = DoveModel(preset_config(args.preset, **args.model_overrides))
+    if args.init_from:
+        model = DoveModel.from_pretrained(args.init_from)
+        if args.query and not model.supports_queries:
+            model = add_query_embedding(model, load_query_tokenizer(args))
+        return model
+    overrides = dict(args.model_overrides)
+    tokenizer = load_query_tokenizer(args) if args.query else None
+    if tokenizer is not None:
+        overrides["query_vocab_size"] = len(tokenizer)
+    model = DoveModel(preset_config(args.preset, **overrides))
+    if tokenizer is not None:
+        model.set_query_tokenizer(tokenizer)
     if args.vqgan:
         load_vqgan(model, args.vqgan)
     if args.generator_init:
         load_generator(model, args.generator_init)
     return model
+
+
+def add_query_embedding(model: DoveModel, tokenizer) -> DoveModel:
+    """A Q-DOVE model holding every weight of the plain DOVE `model`, plus a new query embedding."""
+    config = copy.deepcopy(model.config)
+    config.query_vocab_size = len(tokenizer)
+    torch.manual_seed(0)
+    queried = DoveModel(config)
+    result = queried.load_state_dict(model.state_dict(), strict=False)
+    unexpected = [k for k in result.missing_keys if not k.startswith("query_embed.")] + list(result.unexpected_keys)
+    if unexpected:
+        raise ValueError(f"cannot extend the DOVE checkpoint with queries: mismatched weights {unexpected[:3]}.")
+    queried.set_query_tokenizer(tokenizer)
+    return queried
+
+
+def build_grounding(args: TrainingArguments, image_size: int) -> GroundingTrainingSet:
+    if args.data == "synthetic" or args.data.startswith("synthetic:"):
+        count = int(args.data.split(":", 1)[1]) if ":" in args.data else args.num_train_scenes
+        return GroundingTrainingSet.synthetic(count, image_size, args.seed)
+    if args.data.startswith("vg:"):
+        parts = args.data[3:].split(":")
+        if len(parts) not in (2, 3):
+            raise ValueError(f"--data {args.data!r}: expected vg:IMAGE_DIR:REGIONS_JSON[:QA_JSON].")
+        samples = load_visual_genome(parts[1] or None, parts[0], parts[2] if len(parts) == 3 else None)
+        return GroundingTrainingSet.from_samples(samples, DoveImageProcessor(size=image_size))
+    raise ValueError(f"--query training reads grounding data: 'synthetic[:N]' or 'vg:IMAGE_DIR:REGIONS_JSON[:QA_JSON]', "
+                     f"not {args.data!r}.")
 
 
 def train(args: TrainingArguments) -> dict:
@@ -79,8 +134,10 @@ def train(args: TrainingArguments) -> dict:
 
     model = build_model(args, resume_from)
     config = model.config
-    dataset = build_training_dataset(args.data, config.image_size, args.num_train_scenes, args.seed)
-    if resume_from is None and not args.vqgan and args.vqgan_steps > 0:
+    grounding = build_grounding(args, config.image_size) if args.query else None
+    dataset = grounding.images if grounding else build_training_dataset(args.data, config.image_size,
+                                                                         args.num_train_scenes, args.seed)
+    if resume_from is None and not args.vqgan and not args.init_from and args.vqgan_steps > 0:
         train_vqgan(model.vqgan, dataset, output_dir, args.vqgan_steps, args.batch_size,
                     args.vqgan_learning_rate, args.seed, accelerator.device)
     if resume_from is None and config.latent_mean is None:
@@ -109,14 +166,19 @@ def train(args: TrainingArguments) -> dict:
     if disc_optimizer is not None:
         disc_optimizer = accelerator.prepare(disc_optimizer)
 
-    threshold = DynamicThreshold(window=args.threshold_window)
+    threshold = DynamicThreshold(window=args.threshold_window)  # plain (null-query) samples: full-image L_rec
+    query_threshold = DynamicThreshold(window=args.threshold_window)  # queried samples: in-box L_rec only
     if "threshold" in state:
         threshold.load_state_dict(state["threshold"])
+    if "query_threshold" in state:
+        query_threshold.load_state_dict(state["query_threshold"])
+    crop_size = max(32, config.image_size // 4)
     schedule = EosWeightSchedule(
         start=args.eos_weight_start, end=args.eos_weight_end,
         warmup_steps=args.eos_warmup_steps, ramp_steps=args.eos_ramp_steps,
     )
     history: list[dict] = state.get("history", [])
+    current_query_threshold = float("nan")
     raw_model = accelerator.unwrap_model(model)
     n = config.max_tokens
 
@@ -131,18 +193,33 @@ def train(args: TrainingArguments) -> dict:
                                     accelerator.process_index, accelerator.num_processes)
             images = get_batch(dataset, indices).to(accelerator.device)
             forced = sample_truncation(len(indices), n, args.truncation_prob, args.seed, micro_step).to(images.device)
+            queries, boxes = (grounding.sample_queries(indices, args.query_null_prob, args.seed, micro_step)
+                              if grounding else (None, [None] * len(indices)))
+            queried = torch.tensor([b is not None for b in boxes], device=images.device)
             with accelerator.accumulate(model), accelerator.autocast():
-                out = model(images, num_tokens=forced)
-                rec = rec_loss(out.reconstruction.float(), images)
-                # The EOS loss and the threshold only see samples decoded at their own (adaptive) length.
+                out = model(images, queries=queries, num_tokens=forced)
+                recon = out.reconstruction.float()
+                rec = rec_loss(recon, images)
+                per_sample = rec.per_sample
+                if queried.any():
+                    in_box = query_loss(rec_loss, recon, images, boxes, args.outside_weight, crop_size)
+                    per_sample = torch.where(queried, in_box, per_sample)
+                # The EOS loss and the thresholds only see samples decoded at their own (adaptive) length;
+                # queried samples are compared with the running mean of in-box losses.
                 adaptive = forced == 0
-                per_sample = rec.per_sample.detach()
-                batch_rec = per_sample[adaptive].mean().item() if adaptive.any() else per_sample.mean().item()
+                detached = per_sample.detach()
+                batch_rec = _masked_mean(detached, adaptive & ~queried)
+                batch_query_rec = _masked_mean(detached, adaptive & queried)
                 current_threshold = threshold.value(batch_rec)
-                l_eos = eos_loss(out.p_eos, out.lengths, per_sample, current_threshold)
+                current_query_threshold = query_threshold.value(batch_query_rec)
+                thresholds = torch.where(queried, current_query_threshold, current_threshold)
+                l_eos = eos_loss(out.p_eos, out.lengths, detached, thresholds)
                 l_eos = (l_eos * adaptive).sum() / adaptive.sum().clamp(min=1)
                 lambda_eos = schedule(step)
-                loss = args.rec_weight * rec.loss + lambda_eos * l_eos
+                loss = args.rec_weight * per_sample.mean() + lambda_eos * l_eos
+                if args.latent_weight:
+                    mask = box_mask(boxes, config.image_size, config.latent_size) if queried.any() else None
+                    loss = loss + args.latent_weight * raw_model.latent_loss(out.predicted_latents, out.latents, mask)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
@@ -155,6 +232,7 @@ def train(args: TrainingArguments) -> dict:
                 disc_optimizer.step()
                 disc_optimizer.zero_grad(set_to_none=True)
             threshold.update(batch_rec)
+            query_threshold.update(batch_query_rec)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --learning-rate or use fp32.")
 
@@ -163,6 +241,9 @@ def train(args: TrainingArguments) -> dict:
             record = {"step": step, "loss": loss.item(), "rec": rec.loss.item(), "mse": float(rec.mse),
                       "eos": l_eos.item(), "lambda_eos": lambda_eos, "threshold": current_threshold,
                       "mean_length": mean_len, "lr": scheduler.get_last_lr()[0]}
+            if grounding is not None:
+                record["query_threshold"] = current_query_threshold
+                record["mean_length_queried"] = _masked_mean(out.lengths.float(), adaptive & queried)
             history.append(record)
             progress.set_postfix(loss=f"{record['loss']:.4f}", len=f"{mean_len:.1f}", T=f"{current_threshold:.4f}")
         done = step + 1
@@ -172,7 +253,8 @@ def train(args: TrainingArguments) -> dict:
                 extras["discriminator"] = accelerator.unwrap_model(rec_loss).discriminator
             path = save_checkpoint(
                 output_dir, done, raw_model, optimizer, scheduler,
-                {"threshold": threshold.state_dict(), "history": history, "args": args.to_dict()},
+                {"threshold": threshold.state_dict(), "query_threshold": query_threshold.state_dict(),
+                 "history": history, "args": args.to_dict()},
                 keep=args.keep_checkpoints, extra_modules=extras,
             )
             if disc_optimizer is not None:
@@ -188,6 +270,9 @@ def train(args: TrainingArguments) -> dict:
             evaluation = evaluate_tokenizer(raw_model, num_scenes=args.eval_scenes, seed=args.seed)
             metrics["eval"] = evaluation.summary()
             metrics["plots"] = write_plots(evaluation, output_dir)
+            if raw_model.supports_queries:
+                reference = DoveModel.from_pretrained(args.init_from).to(accelerator.device) if args.init_from else None
+                metrics["query_eval"] = evaluate_queries(raw_model, args.eval_scenes, args.seed, reference=reference)
         with open(output_dir / "metrics.json", "w") as handle:
             json.dump(metrics, handle, indent=2)
     accelerator.wait_for_everyone()

@@ -83,3 +83,26 @@ def test_bad_training_arguments():
         micro_args("x", truncation_prob=2.0)
     with pytest.raises(ValueError, match="unknown preset"):
         micro_args("x", preset="huge")
+
+
+def test_query_training_from_a_dove_checkpoint_and_resume(tmp_path):
+    train_module.train(micro_args(tmp_path / "dove", max_steps=2))
+    args = micro_args(tmp_path / "qdove", query=True, init_from=str(tmp_path / "dove"), eval_scenes=6, max_steps=4)
+    metrics = train_module.train(args)
+    q = metrics["query_eval"]
+    assert q["num_images"] > 0 and "null_over_plain_tokens" in q and "in_box_psnr_query_minus_null" in q
+    assert "mean_length_queried" in metrics["history"][-1]
+    model = DoveModel.from_pretrained(tmp_path / "qdove")
+    assert model.supports_queries and model.query_tokenizer is not None
+    plain = DoveModel.from_pretrained(tmp_path / "dove")
+    torch.testing.assert_close(model.token_decoder.latent_out.weight, model.token_decoder.latent_out.weight)
+    assert not torch.equal(model.query_embed.weight, torch.zeros_like(model.query_embed.weight))
+    assert plain.config.latent_mean == model.config.latent_mean
+    resumed = train_module.train(micro_args(tmp_path / "qdove", query=True, init_from=str(tmp_path / "dove"),
+                                            max_steps=6, resume=True))
+    assert [h["step"] for h in resumed["history"]] == list(range(6))
+
+
+def test_query_training_rejects_non_grounding_data(tmp_path):
+    with pytest.raises(ValueError, match="grounding data"):
+        train_module.train(micro_args(tmp_path, query=True, data=str(tmp_path)))

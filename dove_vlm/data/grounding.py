@@ -1,0 +1,210 @@
+"""Grounding data for Q-DOVE: (image, text query, boxes) samples from the embedded scenes, Visual Genome
+(region descriptions, question-answer pairs with object boxes) and Open Images (boxes and relationship
+annotations turned into text), all read from local files.
+
+Boxes are stored normalised, `(x0, y0, x1, y1)` in [0, 1] of the original image, so they survive any resize.
+Documented handling of bad boxes: a box with zero or negative area is dropped; a box partly outside the image
+is clipped to it; a box entirely outside is dropped. Samples left without boxes are skipped, and a warning
+says how many boxes and samples were dropped and from which file."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from .synthetic import SyntheticScenes
+
+
+@dataclass
+class GroundingSample:
+    image: Image.Image | str  # a PIL image or a path, opened lazily
+    text: str
+    boxes: list[tuple[float, float, float, float]]  # normalised xyxy
+    kind: str = "phrase"  # "phrase" | "question"
+    answer: str | None = None
+    meta: dict = field(default_factory=dict)
+
+
+def clean_box(box, width: float = 1.0, height: float = 1.0) -> tuple[float, float, float, float] | None:
+    """Normalise and clip an `(x0, y0, x1, y1)` box given in pixels of a `width`×`height` image; `None` when
+    it has no area inside the image."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    x0, x1 = max(0.0, min(x0, x1) / width), min(1.0, max(x0, x1) / width)
+    y0, y1 = max(0.0, min(y0, y1) / height), min(1.0, max(y0, y1) / height)
+    if x1 - x0 <= 0 or y1 - y0 <= 0:
+        return None
+    return (x0, y0, x1, y1)
+
+
+def union_box(boxes) -> tuple[float, float, float, float]:
+    return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+
+
+class _DropCounter:
+    def __init__(self, source: str):
+        self.source, self.boxes, self.samples = source, 0, 0
+
+    def report(self) -> None:
+        if self.boxes or self.samples:
+            warnings.warn(f"{self.source}: dropped {self.boxes} boxes with no area inside the image and "
+                          f"{self.samples} samples left without boxes.", stacklevel=3)
+
+
+def synthetic_grounding(scenes: SyntheticScenes, kinds: tuple[str, ...] = ("phrase", "question")) -> list[GroundingSample]:
+    """Every phrase and every question with boxes of the embedded scenes (scenes are rendered here)."""
+    samples = []
+    size = scenes.image_size
+    for index in range(len(scenes)):
+        scene = scenes[index]
+        entries = []
+        if "phrase" in kinds:
+            entries += [("phrase", p["text"], p["boxes"], None) for p in scene.phrases]
+        if "question" in kinds:
+            entries += [("question", q["question"], q["boxes"], q["answer"]) for q in scene.vqa]
+        for kind, text, boxes, answer in entries:
+            cleaned = [b for b in (clean_box(b, size, size) for b in boxes) if b is not None]
+            if cleaned:
+                samples.append(GroundingSample(scene.image, text, cleaned, kind, answer, {"scene": index}))
+    return samples
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path} (referenced by the annotations).")
+    with Image.open(path) as image:
+        return image.size
+
+
+def load_visual_genome(region_descriptions: str | os.PathLike | None, image_dir: str | os.PathLike,
+                       question_answers: str | os.PathLike | None = None, max_images: int | None = None) -> list[GroundingSample]:
+    """Visual Genome from its own JSON files: `region_descriptions.json` (phrase + x/y/width/height) and
+    `question_answers.json` (questions whose `q_objects`/`a_objects` carry x/y/w/h boxes); images are
+    `image_dir/<image_id>.jpg`. Questions without object boxes are skipped (they cannot drive Q-DOVE)."""
+    image_dir = Path(image_dir)
+    samples: list[GroundingSample] = []
+    for path, kind in ((region_descriptions, "phrase"), (question_answers, "question")):
+        if path is None:
+            continue
+        counter = _DropCounter(str(path))
+        entries = _read_json(path)
+        if not isinstance(entries, list):
+            raise ValueError(f"{path}: expected a JSON list of per-image entries, got {type(entries).__name__}.")
+        for entry in entries[:max_images]:
+            items = entry.get("regions") if kind == "phrase" else entry.get("qas")
+            if items is None:
+                raise ValueError(f"{path}: an entry has no {'regions' if kind == 'phrase' else 'qas'} field "
+                                 f"(keys: {sorted(entry)}).")
+            for item in items:
+                image_id = item.get("image_id", entry.get("id", entry.get("image_id")))
+                image_path = image_dir / f"{image_id}.jpg"
+                if kind == "phrase":
+                    text, raw = item.get("phrase", ""), [(item["x"], item["y"], item["x"] + item["width"],
+                                                          item["y"] + item["height"])]
+                    answer = None
+                else:
+                    text, answer = item.get("question", ""), item.get("answer")
+                    objects = list(item.get("q_objects") or []) + list(item.get("a_objects") or [])
+                    raw = [(o["x"], o["y"], o["x"] + o.get("w", o.get("width", 0)),
+                            o["y"] + o.get("h", o.get("height", 0))) for o in objects]
+                    if not raw:
+                        continue
+                if not text.strip():
+                    counter.samples += 1
+                    continue
+                width, height = _image_size(image_path)
+                boxes = [clean_box(b, width, height) for b in raw]
+                counter.boxes += sum(b is None for b in boxes)
+                boxes = [b for b in boxes if b is not None]
+                if not boxes:
+                    counter.samples += 1
+                    continue
+                samples.append(GroundingSample(str(image_path), text.strip(), boxes, kind, answer, {"image_id": image_id}))
+        counter.report()
+    return samples
+
+
+def load_open_images(class_descriptions: str | os.PathLike, image_dir: str | os.PathLike,
+                     boxes: str | os.PathLike | None = None, relationships: str | os.PathLike | None = None,
+                     max_rows: int | None = None) -> list[GroundingSample]:
+    """Open Images from its CSV files: class descriptions (`LabelName,DisplayName`, with or without a
+    header), bounding boxes (`ImageID,...,LabelName,...,XMin,XMax,YMin,YMax`, normalised) → "the <class>", and
+    visual relationships (`ImageID,LabelName1,LabelName2,XMin1,...,RelationshipLabel`) → "<a> <relation> <b>"
+    with the two boxes merged into one. Images are `image_dir/<ImageID>.jpg`."""
+    names = _read_class_names(class_descriptions)
+    image_dir = Path(image_dir)
+    samples: list[GroundingSample] = []
+
+    def add(rows_path, make):
+        counter = _DropCounter(str(rows_path))
+        with open(rows_path, newline="") as handle:
+            for n, row in enumerate(csv.DictReader(handle)):
+                if max_rows is not None and n >= max_rows:
+                    break
+                text, raw = make(row, rows_path)
+                box = clean_box(raw)
+                if box is None:
+                    counter.boxes += 1
+                    counter.samples += 1
+                    continue
+                image_id = row["ImageID"]
+                samples.append(GroundingSample(str(image_dir / f"{image_id}.jpg"), text, [box], "phrase", None,
+                                               {"image_id": image_id}))
+        counter.report()
+
+    def name_of(label, path):
+        if label not in names:
+            raise ValueError(f"{path}: label {label!r} is not in the class descriptions {class_descriptions}.")
+        return names[label].lower()
+
+    def from_box(row, path):
+        _require(row, ("ImageID", "LabelName", "XMin", "XMax", "YMin", "YMax"), path)
+        return f"the {name_of(row['LabelName'], path)}", (row["XMin"], row["YMin"], row["XMax"], row["YMax"])
+
+    def from_relationship(row, path):
+        keys = ("ImageID", "LabelName1", "LabelName2", "RelationshipLabel") + tuple(
+            f"{c}{i}" for i in (1, 2) for c in ("XMin", "XMax", "YMin", "YMax"))
+        _require(row, keys, path)
+        first = (row["XMin1"], row["YMin1"], row["XMax1"], row["YMax1"])
+        second = (row["XMin2"], row["YMin2"], row["XMax2"], row["YMax2"])
+        relation = row["RelationshipLabel"].replace("_", " ")
+        text = f"{name_of(row['LabelName1'], path)} {relation} {name_of(row['LabelName2'], path)}"
+        return text, union_box([tuple(map(float, first)), tuple(map(float, second))])
+
+    if boxes is not None:
+        add(boxes, from_box)
+    if relationships is not None:
+        add(relationships, from_relationship)
+    return samples
+
+
+def _require(row: dict, keys, path) -> None:
+    missing = [k for k in keys if k not in row or row[k] in (None, "")]
+    if missing:
+        raise ValueError(f"{path}: a row misses the field(s) {missing}.")
+
+
+def _read_json(path):
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"annotation file not found: {path}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}).") from err
+
+
+def _read_class_names(path) -> dict[str, str]:
+    names = {}
+    with open(path, newline="") as handle:
+        for row in csv.reader(handle):
+            if len(row) >= 2 and row[0] not in ("LabelName", "label"):
+                names[row[0]] = row[1]
+    if not names:
+        raise ValueError(f"{path}: no class descriptions (expected rows 'LabelName,DisplayName').")
+    return names

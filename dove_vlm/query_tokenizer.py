@@ -1,0 +1,39 @@
+"""The text-query tokenizer of Q-DOVE.
+
+Any transformers tokenizer works (the paper uses Pythia's; pass it to `DoveModel.set_query_tokenizer`). The
+tiny preset cannot download one, so `build_word_tokenizer` makes a small word-level tokenizer with the
+`tokenizers` library (NFKC + lower-case, whitespace/punctuation split, unknown words → `[UNK]`), and
+`default_query_tokenizer` fills it with the words of the embedded scenes' phrases and questions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from transformers import PreTrainedTokenizerFast
+
+PAD, UNK = "[PAD]", "[UNK]"
+
+
+def build_word_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    pre_tokenizer = pre_tokenizers.Whitespace()
+    words: set[str] = set()
+    for text in texts:
+        words.update(w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    vocab = {PAD: 0, UNK: 1} | {word: i + 2 for i, word in enumerate(sorted(words))}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token=PAD, unk_token=UNK)
+
+
+def default_query_tokenizer(num_scenes: int = 300) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over every phrase and question the embedded generator writes."""
+    from .data.synthetic import COLORS, SHAPES, SyntheticScenes
+
+    texts = [f"the {c} {s}" for c in COLORS for s in SHAPES]
+    for scene in SyntheticScenes(num_scenes, image_size=16, seed=0):
+        texts += [p["text"] for p in scene.phrases] + [q["question"] for q in scene.vqa]
+    return build_word_tokenizer(texts)
