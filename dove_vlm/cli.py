@@ -61,6 +61,18 @@ def format_report(metrics: dict, output_dir: str) -> str:
             f"PSNR adaptive: {ev['psnr_adaptive']:.2f} dB (max-length minus adaptive: "
             f"{ev['psnr_gap_max_minus_adaptive']:.2f} dB)",
         ]
+    q = metrics.get("query_eval")
+    if q:
+        lines += [
+            f"Q-DOVE on {q['num_images']} held-out scenes with single-object queries: "
+            f"{q['mean_tokens_query']:.2f} tokens with the query vs {q['mean_tokens_null']:.2f} with the null query "
+            f"({100 * q['query_over_null_tokens']:.0f}%)",
+            f"in-box PSNR: query {q['in_box_psnr_query']:.2f} dB vs null {q['in_box_psnr_null']:.2f} dB "
+            f"(difference {q['in_box_psnr_query_minus_null']:+.2f} dB)",
+        ]
+        if "null_over_plain_tokens" in q:
+            lines.append(f"null query vs plain DOVE tokens: {q['mean_tokens_null']:.2f} vs {q['mean_tokens_plain_dove']:.2f} "
+                         f"({100 * (q['null_over_plain_tokens'] - 1):+.1f}%)")
     for name in metrics.get("plots", []):
         lines.append(f"figure: {os.path.join(output_dir, name)}")
     return "\n".join(lines)
@@ -102,17 +114,26 @@ def _encode(ns: argparse.Namespace) -> int:
     return 0
 
 
+# Q-DOVE fine-tunes a trained DOVE: shorter, with the EOS weight already at full strength.
+QDOVE_DEMO_SCHEDULE = dict(max_steps=1500, warmup_steps=50, eos_weight_start=0.1, eos_warmup_steps=0,
+                           eos_ramp_steps=300, learning_rate=5e-4)
+
+
 def _demo(ns: argparse.Namespace) -> int:
     from train_tokenizer.config import TrainingArguments
     from train_tokenizer.train import train
 
     started = time.time()
     output_dir = Path(ns.output_dir)
-    print(f"[dove demo] stage 1/1: training the tiny DOVE tokenizer into {output_dir / 'tokenizer'}", flush=True)
-    args = TrainingArguments(output_dir=str(output_dir / "tokenizer"), preset="tiny", seed=ns.seed, resume=True)
-    metrics = train(args)
-    report = format_report(metrics, args.output_dir)
-    report += f"\ndemo finished in {time.time() - started:.0f} s"
+    stages = 2
+    print(f"[dove demo] stage 1/{stages}: training the tiny DOVE tokenizer into {output_dir / 'tokenizer'}", flush=True)
+    dove_args = TrainingArguments(output_dir=str(output_dir / "tokenizer"), preset="tiny", seed=ns.seed, resume=True)
+    reports = [format_report(train(dove_args), dove_args.output_dir)]
+    print(f"[dove demo] stage 2/{stages}: Q-DOVE (text queries) from it into {output_dir / 'qdove'}", flush=True)
+    query_args = TrainingArguments(output_dir=str(output_dir / "qdove"), preset="tiny", seed=ns.seed, resume=True,
+                                   query=True, init_from=dove_args.output_dir, **QDOVE_DEMO_SCHEDULE)
+    reports.append(format_report(train(query_args), query_args.output_dir))
+    report = "\n\n".join(reports) + f"\n\ndemo finished in {time.time() - started:.0f} s"
     (output_dir / "report.md").write_text("# dove demo report\n\n```\n" + report + "\n```\n")
     print("\n" + report)
     return 0

@@ -47,21 +47,24 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "train": {
             "vqgan_steps": 600,
+            "vqgan_batch_size": 32,
             "vqgan_learning_rate": 1e-3,
-            "max_steps": 1500,
-            "batch_size": 32,
+            # Small batches, many steps: the transformers learn from the number of updates more than from
+            # the batch size at this scale (measured: 3000×16 beats 1500×32 by ~1 dB in the same time).
+            "max_steps": 3000,
+            "batch_size": 16,
             "learning_rate": 1e-3,
-            "warmup_steps": 50,
+            "warmup_steps": 100,
             "num_train_scenes": 10000,
             "eos_weight_start": 1e-3,
             "eos_weight_end": 1.0,
-            "eos_warmup_steps": 200,
-            "eos_ramp_steps": 800,
+            "eos_warmup_steps": 400,
+            "eos_ramp_steps": 1600,
             "truncation_prob": 0.25,
             "lpips_weight": 0.1,
             "latent_weight": 1.0,
             "gan_weight": 0.0,
-            "checkpoint_every": 250,
+            "checkpoint_every": 500,
             "eval_scenes": 200,
         },
     },
@@ -81,6 +84,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "train": {
             "vqgan_steps": 0,  # the paper wraps a pretrained (aMUSEd) VQGAN: pass --vqgan PATH_OR_HUB_ID
+            "vqgan_batch_size": 32,
             "max_steps": 200_000,
             "batch_size": 32,
             "learning_rate": 1e-4,

@@ -56,6 +56,7 @@ class TrainingArguments:
     num_train_scenes: int | None = None
     vqgan: str | None = None
     vqgan_steps: int | None = None
+    vqgan_batch_size: int | None = None
     vqgan_learning_rate: float | None = None
     generator_init: str | None = None
     lpips_trunk: str | None = None

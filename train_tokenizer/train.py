@@ -138,7 +138,7 @@ def train(args: TrainingArguments) -> dict:
     dataset = grounding.images if grounding else build_training_dataset(args.data, config.image_size,
                                                                          args.num_train_scenes, args.seed)
     if resume_from is None and not args.vqgan and not args.init_from and args.vqgan_steps > 0:
-        train_vqgan(model.vqgan, dataset, output_dir, args.vqgan_steps, args.batch_size,
+        train_vqgan(model.vqgan, dataset, output_dir, args.vqgan_steps, args.vqgan_batch_size,
                     args.vqgan_learning_rate, args.seed, accelerator.device)
     if resume_from is None and config.latent_mean is None:
         sample = batch_indices(len(dataset), min(len(dataset), 1024), 0, args.seed + 13)
