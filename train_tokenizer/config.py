@@ -36,6 +36,11 @@ class TrainingArguments:
             the loss is the in-box reconstruction plus `outside_weight` (λ_o) times the MSE outside the boxes,
             and the EOS threshold of queried samples compares in-box losses only. `data` is then `synthetic`
             (phrases and questions of the embedded scenes) or `vg:IMAGE_DIR:REGIONS_JSON[:QA_JSON]`.
+        freeze_decoder: keep the token decoder fixed (e.g. when turning a trained DOVE into Q-DOVE, so the
+            null query keeps decoding as before and only the generator learns to focus on the query).
+        null_distill_weight: with `query` and `init_from`, weight of a binary cross-entropy that keeps the
+            null query's p_eos equal to the starting DOVE's, which then replaces the EOS loss on null-query
+            samples (so the null query stays plain DOVE; 0 turns this off).
         init_from: a DOVE checkpoint to start from (for `--query`, the query embedding is added to it).
         query_tokenizer: a transformers tokenizer folder for the queries (default: a word-level tokenizer of
             the embedded scenes' phrases and questions).
@@ -78,6 +83,8 @@ class TrainingArguments:
     init_from: str | None = None
     query_tokenizer: str | None = None
     query_null_prob: float = 0.5
+    freeze_decoder: bool = False
+    null_distill_weight: float = 1.0
     outside_weight: float = 1e-10
     eval_scenes: int | None = None
     log_every: int = 10

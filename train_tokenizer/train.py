@@ -148,6 +148,8 @@ def train(args: TrainingArguments) -> dict:
         mse_weight=args.mse_weight, lpips_weight=args.lpips_weight, gan_weight=args.gan_weight,
         lpips_trunk_weights=args.lpips_trunk, use_gan=args.gan_weight > 0,
     )
+    if args.freeze_decoder:
+        model.token_decoder.requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.weight_decay, betas=(0.9, 0.99))
     scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
@@ -162,6 +164,10 @@ def train(args: TrainingArguments) -> dict:
 
             rec_loss.discriminator.load_state_dict(load_file(str(resume_from / "discriminator.safetensors")))
             disc_optimizer.load_state_dict(load_torch_state(resume_from / "disc_optimizer.pt"))
+    # Q-DOVE from a DOVE checkpoint: the starting model, frozen, is the teacher of the null query's lengths.
+    teacher = None
+    if args.query and args.init_from and args.null_distill_weight > 0:
+        teacher = DoveModel.from_pretrained(args.init_from).to(accelerator.device).eval().requires_grad_(False)
     model, rec_loss, optimizer, scheduler = accelerator.prepare(model, rec_loss, optimizer, scheduler)
     if disc_optimizer is not None:
         disc_optimizer = accelerator.prepare(disc_optimizer)
@@ -170,6 +176,9 @@ def train(args: TrainingArguments) -> dict:
     query_threshold = DynamicThreshold(window=args.threshold_window)  # queried samples: in-box L_rec only
     if "threshold" in state:
         threshold.load_state_dict(state["threshold"])
+    elif args.init_from and (source := latest_checkpoint(args.init_from)) is not None:
+        # Continuing a DOVE run (e.g. into Q-DOVE): plain samples keep the threshold it ended with.
+        threshold.load_state_dict(load_trainer_state(source).get("threshold", threshold.state_dict()))
     if "query_threshold" in state:
         query_threshold.load_state_dict(state["query_threshold"])
     crop_size = max(32, config.image_size // 4)
@@ -214,9 +223,19 @@ def train(args: TrainingArguments) -> dict:
                 current_query_threshold = query_threshold.value(batch_query_rec)
                 thresholds = torch.where(queried, current_query_threshold, current_threshold)
                 l_eos = eos_loss(out.p_eos, out.lengths, detached, thresholds)
-                l_eos = (l_eos * adaptive).sum() / adaptive.sum().clamp(min=1)
+                # With a teacher, the null query's lengths come from it (distillation below), not from the EOS loss.
+                eos_rows = adaptive & queried if teacher is not None else adaptive
+                l_eos = (l_eos * eos_rows).sum() / eos_rows.sum().clamp(min=1)
                 lambda_eos = schedule(step)
                 loss = args.rec_weight * per_sample.mean() + lambda_eos * l_eos
+                null = ~queried
+                if teacher is not None and null.any():
+                    with torch.no_grad():
+                        target_p = teacher.encode(images[null]).p_eos
+                    # Summed over the slots (averaged over images) so it weighs like the per-image EOS loss.
+                    distill = torch.nn.functional.binary_cross_entropy(
+                        out.p_eos[null].float().clamp(1e-6, 1 - 1e-6), target_p, reduction="none").sum(1).mean()
+                    loss = loss + args.null_distill_weight * distill
                 if args.latent_weight:
                     mask = box_mask(boxes, config.image_size, config.latent_size) if queried.any() else None
                     loss = loss + args.latent_weight * raw_model.latent_loss(out.predicted_latents, out.latents, mask)

@@ -87,7 +87,8 @@ def test_bad_training_arguments():
 
 def test_query_training_from_a_dove_checkpoint_and_resume(tmp_path):
     train_module.train(micro_args(tmp_path / "dove", max_steps=2))
-    args = micro_args(tmp_path / "qdove", query=True, init_from=str(tmp_path / "dove"), eval_scenes=6, max_steps=4)
+    args = micro_args(tmp_path / "qdove", query=True, init_from=str(tmp_path / "dove"), eval_scenes=6, max_steps=4,
+                      freeze_decoder=True)
     metrics = train_module.train(args)
     q = metrics["query_eval"]
     assert q["num_images"] > 0 and "null_over_plain_tokens" in q and "in_box_psnr_query_minus_null" in q
@@ -95,11 +96,13 @@ def test_query_training_from_a_dove_checkpoint_and_resume(tmp_path):
     model = DoveModel.from_pretrained(tmp_path / "qdove")
     assert model.supports_queries and model.query_tokenizer is not None
     plain = DoveModel.from_pretrained(tmp_path / "dove")
-    torch.testing.assert_close(model.token_decoder.latent_out.weight, model.token_decoder.latent_out.weight)
+    for name, weight in plain.token_decoder.state_dict().items():  # frozen decoder: unchanged
+        torch.testing.assert_close(model.token_decoder.state_dict()[name], weight, rtol=0, atol=0)
+    assert not torch.equal(model.token_head.weight, plain.token_head.weight)  # the generator did train
     assert not torch.equal(model.query_embed.weight, torch.zeros_like(model.query_embed.weight))
     assert plain.config.latent_mean == model.config.latent_mean
     resumed = train_module.train(micro_args(tmp_path / "qdove", query=True, init_from=str(tmp_path / "dove"),
-                                            max_steps=6, resume=True))
+                                            max_steps=6, resume=True, freeze_decoder=True))
     assert [h["step"] for h in resumed["history"]] == list(range(6))
 
 
