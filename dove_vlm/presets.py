@@ -46,7 +46,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "max_tokens": 32,
         },
         "train": {
-            "vqgan_steps": 600,
+            "vqgan_steps": 500,
             "vqgan_batch_size": 32,
             "vqgan_learning_rate": 1e-3,
             # Small batches, many steps: the transformers learn from the number of updates more than from
