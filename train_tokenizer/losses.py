@@ -28,7 +28,11 @@ def build_lpips(net: str = "alex", trunk_weights: str | None = None) -> nn.Modul
     The backbone (AlexNet/VGG) weights come from torchvision's hub, which is not reachable here, so the
     backbone is random unless `trunk_weights` points at a local torchvision state dict. A random backbone
     still gives a useful perceptual (random-feature) loss; a warning says which one is in use."""
-    import lpips
+    try:
+        import lpips  # imports torchvision, which dove-vlm needs only here
+    except (ImportError, RuntimeError) as err:
+        raise ImportError(f"LPIPS needs the `lpips` package with a torchvision that matches torch ({err}); "
+                          "reinstall them together, or train with --lpips-weight 0.") from err
 
     with warnings.catch_warnings():  # torchvision's deprecation notes about `pretrained=` inside lpips
         warnings.simplefilter("ignore", UserWarning)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torchvision.ops import roi_align
+import torch.nn.functional as F
 
 from dove_vlm.data import SyntheticScenes
 from dove_vlm.data.grounding import GroundingSample, synthetic_grounding
@@ -82,19 +82,25 @@ def boxes_to_pixels(boxes, image_size: int) -> torch.Tensor:
 def query_loss(rec_loss, reconstruction: torch.Tensor, target: torch.Tensor, boxes: list, outside_weight: float,
                crop_size: int) -> torch.Tensor:
     """Per-sample `L_qry` for the samples with boxes (0 where `boxes[i]` is None), shape (B,).
-    Crops are resampled to `crop_size` (roi_align) so LPIPS works on small boxes too."""
+    Crops are resampled to `crop_size` so LPIPS works on small boxes too (plain torch: torchvision's ops are
+    optional, DESIGN.md §7)."""
     batch = reconstruction.shape[0]
     result = torch.zeros(batch, device=reconstruction.device, dtype=reconstruction.dtype)
     rows = [i for i, b in enumerate(boxes) if b is not None]
     if not rows:
         return result
-    rois = torch.cat([torch.cat([torch.full((len(boxes[i]), 1), float(i)), boxes[i]], 1) for i in rows])
-    rois = rois.to(reconstruction.device, reconstruction.dtype)
-    size = (crop_size, crop_size)
-    crops_rec = roi_align(reconstruction, rois, size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
-    crops_tgt = roi_align(target, rois, size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    owners, crops_rec, crops_tgt = [], [], []
+    for i in rows:
+        for x0, y0, x1, y1 in boxes[i].tolist():
+            c0, r0 = int(np.floor(x0)), int(np.floor(y0))
+            c1, r1 = max(c0 + 1, int(np.ceil(x1))), max(r0 + 1, int(np.ceil(y1)))
+            for source, store in ((reconstruction, crops_rec), (target, crops_tgt)):
+                store.append(F.interpolate(source[i : i + 1, :, r0:r1, c0:c1], size=(crop_size, crop_size),
+                                           mode="bilinear", align_corners=False))
+            owners.append(i)
+    crops_rec, crops_tgt = torch.cat(crops_rec), torch.cat(crops_tgt)
     per_crop = rec_loss(crops_rec, crops_tgt).per_sample
-    owner = rois[:, 0].long()
+    owner = torch.tensor(owners, device=reconstruction.device)
     in_box = torch.zeros(batch, device=per_crop.device, dtype=per_crop.dtype).index_add(0, owner, per_crop)
     counts = torch.bincount(owner, minlength=batch).clamp(min=1).to(per_crop.dtype)
     inside = box_mask(boxes, reconstruction.shape[-1], reconstruction.shape[-1]).to(reconstruction.device)

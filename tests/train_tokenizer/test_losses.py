@@ -102,7 +102,7 @@ def test_patch_discriminator_gives_a_map():
 
 
 def test_lpips_trunk_weights_are_loaded(tmp_path):
-    import torchvision
+    torchvision = pytest.importorskip("torchvision")
 
     from train_tokenizer.losses import build_lpips
 
