@@ -208,8 +208,14 @@ def train(args: TrainingArguments) -> dict:
             with accelerator.accumulate(model), accelerator.autocast():
                 out = model(images, queries=queries, num_tokens=forced)
                 recon = out.reconstruction.float()
-                rec = rec_loss(recon, images)
-                per_sample = rec.per_sample
+                # Full-image L_rec for the plain (null-query) rows only, L_qry for the queried ones: each row's
+                # loss is computed once (LPIPS is the costly part).
+                plain = ~queried
+                per_sample = recon.new_zeros(len(indices))
+                rec = None
+                if plain.any():
+                    rec = rec_loss(recon[plain], images[plain])
+                    per_sample = per_sample.masked_scatter(plain, rec.per_sample)
                 if queried.any():
                     in_box = query_loss(rec_loss, recon, images, boxes, args.outside_weight, crop_size)
                     per_sample = torch.where(queried, in_box, per_sample)
@@ -228,13 +234,12 @@ def train(args: TrainingArguments) -> dict:
                 l_eos = (l_eos * eos_rows).sum() / eos_rows.sum().clamp(min=1)
                 lambda_eos = schedule(step)
                 loss = args.rec_weight * per_sample.mean() + lambda_eos * l_eos
-                null = ~queried
-                if teacher is not None and null.any():
+                if teacher is not None and plain.any():
                     with torch.no_grad():
-                        target_p = teacher.encode(images[null]).p_eos
+                        target_p = teacher.encode(images[plain]).p_eos
                     # Summed over the slots (averaged over images) so it weighs like the per-image EOS loss.
                     distill = torch.nn.functional.binary_cross_entropy(
-                        out.p_eos[null].float().clamp(1e-6, 1 - 1e-6), target_p, reduction="none").sum(1).mean()
+                        out.p_eos[plain].float().clamp(1e-6, 1 - 1e-6), target_p, reduction="none").sum(1).mean()
                     loss = loss + args.null_distill_weight * distill
                 if args.latent_weight:
                     mask = box_mask(boxes, config.image_size, config.latent_size) if queried.any() else None
@@ -257,7 +262,8 @@ def train(args: TrainingArguments) -> dict:
 
         mean_len = out.lengths[adaptive].float().mean().item() if adaptive.any() else float("nan")
         if step % args.log_every == 0 or step == args.max_steps - 1:
-            record = {"step": step, "loss": loss.item(), "rec": rec.loss.item(), "mse": float(rec.mse),
+            record = {"step": step, "loss": loss.item(), "rec": per_sample.mean().item(),
+                      "mse": float(rec.mse) if rec is not None else float("nan"),
                       "eos": l_eos.item(), "lambda_eos": lambda_eos, "threshold": current_threshold,
                       "mean_length": mean_len, "lr": scheduler.get_last_lr()[0]}
             if grounding is not None:
