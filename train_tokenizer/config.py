@@ -41,6 +41,12 @@ class TrainingArguments:
         null_distill_weight: with `query` and `init_from`, weight of a binary cross-entropy that keeps the
             null query's p_eos equal to the starting DOVE's, which then replaces the EOS loss on null-query
             samples (so the null query stays plain DOVE; 0 turns this off).
+        query_threshold: how a queried sample decides whether its in-box loss is good enough (the EOS loss's
+            threshold): "teacher" (with `init_from`): the in-box loss that the starting DOVE reaches on the same
+            box at its own full-image length, times `query_threshold_scale` — the query then buys as few tokens
+            as keep the box as good as the whole-image tokenization kept it; "running": the paper's dynamic
+            threshold, the mean in-box loss of the last `threshold_window` steps (also used without `init_from`).
+        query_threshold_scale: tolerance on the teacher's in-box loss (> 1 trades in-box quality for fewer tokens).
         init_from: a DOVE checkpoint to start from (for `--query`, the query embedding is added to it).
         query_tokenizer: a transformers tokenizer folder for the queries (default: a word-level tokenizer of
             the embedded scenes' phrases and questions).
@@ -85,6 +91,8 @@ class TrainingArguments:
     query_null_prob: float = 0.5
     freeze_decoder: bool = False
     null_distill_weight: float = 1.0
+    query_threshold: str = "teacher"
+    query_threshold_scale: float = 1.0
     outside_weight: float = 1e-10
     eval_scenes: int | None = None
     log_every: int = 10
@@ -98,6 +106,10 @@ class TrainingArguments:
             raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r} (fp16 overflows here).")
         if not 0.0 <= self.query_null_prob <= 1.0:
             raise ValueError(f"query_null_prob must be in [0, 1], got {self.query_null_prob}.")
+        if self.query_threshold not in ("teacher", "running"):
+            raise ValueError(f"query_threshold must be 'teacher' or 'running', got {self.query_threshold!r}.")
+        if self.query_threshold_scale <= 0:
+            raise ValueError(f"query_threshold_scale must be > 0, got {self.query_threshold_scale}.")
         if not 0.0 <= self.truncation_prob <= 1.0:
             raise ValueError(f"truncation_prob must be in [0, 1], got {self.truncation_prob}.")
         for name in ("max_steps", "batch_size", "checkpoint_every", "gradient_accumulation_steps"):

@@ -166,7 +166,7 @@ def train(args: TrainingArguments) -> dict:
             disc_optimizer.load_state_dict(load_torch_state(resume_from / "disc_optimizer.pt"))
     # Q-DOVE from a DOVE checkpoint: the starting model, frozen, is the teacher of the null query's lengths.
     teacher = None
-    if args.query and args.init_from and args.null_distill_weight > 0:
+    if args.query and args.init_from and (args.null_distill_weight > 0 or args.query_threshold == "teacher"):
         teacher = DoveModel.from_pretrained(args.init_from).to(accelerator.device).eval().requires_grad_(False)
     model, rec_loss, optimizer, scheduler = accelerator.prepare(model, rec_loss, optimizer, scheduler)
     if disc_optimizer is not None:
@@ -228,15 +228,33 @@ def train(args: TrainingArguments) -> dict:
                 current_threshold = threshold.value(batch_rec)
                 current_query_threshold = query_threshold.value(batch_query_rec)
                 thresholds = torch.where(queried, current_query_threshold, current_threshold)
+                teacher_p = None
+                if teacher is not None:
+                    with torch.no_grad():
+                        teacher_enc = teacher.encode(images)
+                        teacher_p = teacher_enc.p_eos
+                        anchored = adaptive & queried
+                        if args.query_threshold == "teacher" and anchored.any():
+                            # Each queried sample is held to the in-box loss the starting DOVE reaches on the
+                            # same box at its own full-image length: as few tokens as possible for that quality.
+                            rows = anchored.nonzero().squeeze(1)
+                            teacher_rec = teacher.latents_to_pixels(teacher.decode_latents(
+                                teacher_enc.tokens[rows], teacher_enc.attention_mask[rows])).float()
+                            teacher_in_box = query_loss(rec_loss, teacher_rec, images[rows],
+                                                        [boxes[i] for i in rows.tolist()], args.outside_weight,
+                                                        crop_size)
+                            target = thresholds.clone()
+                            target[rows] = teacher_in_box * args.query_threshold_scale
+                            thresholds = target
+                            current_query_threshold = float(target[rows].mean())
                 l_eos = eos_loss(out.p_eos, out.lengths, detached, thresholds)
                 # With a teacher, the null query's lengths come from it (distillation below), not from the EOS loss.
-                eos_rows = adaptive & queried if teacher is not None else adaptive
+                eos_rows = adaptive & queried if teacher is not None and args.null_distill_weight > 0 else adaptive
                 l_eos = (l_eos * eos_rows).sum() / eos_rows.sum().clamp(min=1)
                 lambda_eos = schedule(step)
                 loss = args.rec_weight * per_sample.mean() + lambda_eos * l_eos
-                if teacher is not None and plain.any():
-                    with torch.no_grad():
-                        target_p = teacher.encode(images[plain]).p_eos
+                if teacher is not None and args.null_distill_weight > 0 and plain.any():
+                    target_p = teacher_p[plain]
                     # Summed over the slots (averaged over images) so it weighs like the per-image EOS loss.
                     distill = torch.nn.functional.binary_cross_entropy(
                         out.p_eos[plain].float().clamp(1e-6, 1 - 1e-6), target_p, reduction="none").sum(1).mean()

@@ -1,6 +1,7 @@
 """The training loop at micro scale: outputs, checkpoints, resume after an interruption, bad output dirs."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -83,6 +84,10 @@ def test_bad_training_arguments():
         micro_args("x", truncation_prob=2.0)
     with pytest.raises(ValueError, match="unknown preset"):
         micro_args("x", preset="huge")
+    with pytest.raises(ValueError, match="query_threshold must be"):
+        micro_args("x", query_threshold="median")
+    with pytest.raises(ValueError, match="query_threshold_scale"):
+        micro_args("x", query_threshold_scale=0.0)
 
 
 def test_query_training_from_a_dove_checkpoint_and_resume(tmp_path):
@@ -93,6 +98,8 @@ def test_query_training_from_a_dove_checkpoint_and_resume(tmp_path):
     q = metrics["query_eval"]
     assert q["num_images"] > 0 and "null_over_plain_tokens" in q and "in_box_psnr_query_minus_null" in q
     assert "mean_length_queried" in metrics["history"][-1]
+    # The queried samples' threshold is the teacher's in-box loss on the same boxes: a real, finite loss.
+    assert all(math.isfinite(h["query_threshold"]) and h["query_threshold"] > 0 for h in metrics["history"])
     model = DoveModel.from_pretrained(tmp_path / "qdove")
     assert model.supports_queries and model.query_tokenizer is not None
     plain = DoveModel.from_pretrained(tmp_path / "dove")
