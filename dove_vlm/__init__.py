@@ -6,6 +6,7 @@ from .configuration_dove import DoveConfig
 from .image_processing_dove import DoveImageProcessor
 from .modeling_dove import DoveDecoderOutput, DoveEncoderOutput, DoveModel, DoveModelOutput
 from .presets import PRESETS, preset_config, preset_training
+from .vision_tower import DoveVisionTower, DoveVisionTowerConfig, DoveVisionTowerOutput
 
 __version__ = "0.1.0"
 
@@ -13,6 +14,11 @@ __version__ = "0.1.0"
 AutoConfig.register(DoveConfig.model_type, DoveConfig, exist_ok=True)
 AutoModel.register(DoveConfig, DoveModel, exist_ok=True)
 AutoImageProcessor.register(DoveConfig, slow_image_processor_class=DoveImageProcessor, exist_ok=True)
+AutoConfig.register(DoveVisionTowerConfig.model_type, DoveVisionTowerConfig, exist_ok=True)
+AutoModel.register(DoveVisionTowerConfig, DoveVisionTower, exist_ok=True)
+AutoImageProcessor.register(DoveVisionTowerConfig, slow_image_processor_class=DoveImageProcessor, exist_ok=True)
+
+from . import llava  # noqa: E402  (registers the LLaVA classes with the Auto classes)
 
 __all__ = [
     "DoveConfig",
@@ -21,6 +27,9 @@ __all__ = [
     "DoveEncoderOutput",
     "DoveDecoderOutput",
     "DoveModelOutput",
+    "DoveVisionTower",
+    "DoveVisionTowerConfig",
+    "DoveVisionTowerOutput",
     "PRESETS",
     "preset_config",
     "preset_training",

@@ -34,6 +34,8 @@ class DoveEncoderOutput(ModelOutput):
         p_eos (`(B, s)`): end-of-sequence probability at every computed timestep slot (s = n, or fewer with
             early exit).
         latents (`(B, C, h, w)`): the VQGAN's continuous (pre-quantization) latents of the input.
+        hidden_states (`(B, L, d)`, *optional*): the generator's hidden states at the kept timestep slots (the
+            input of the token head), zero after each image's length; only with `output_hidden_states=True`.
     """
 
     tokens: torch.FloatTensor | None = None
@@ -41,6 +43,7 @@ class DoveEncoderOutput(ModelOutput):
     attention_mask: torch.LongTensor | None = None
     p_eos: torch.FloatTensor | None = None
     latents: torch.FloatTensor | None = None
+    hidden_states: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -501,6 +504,7 @@ class DoveModel(DovePreTrainedModel):
         early_exit: bool = False,
         chunk_size: int = 8,
         prefix: DovePrefix | None = None,
+        output_hidden_states: bool = False,
     ) -> DoveEncoderOutput:
         """Images → variable-length continuous tokens, in one parallel causal pass.
 
@@ -517,6 +521,8 @@ class DoveModel(DovePreTrainedModel):
                 where every image has ended; same tokens and lengths as the full pass (for inference).
             prefix ([`DovePrefix`], *optional*): the cached visual prefix of `encode_prefix`; with one image and
                 several queries, the image is reused for every query.
+            output_hidden_states (`bool`): also return the generator hidden states of the kept slots (`(B, L, d)`,
+                from the same pass).
         """
         n = self._resolve_max_tokens(max_tokens)
         threshold = self.config.eos_threshold if eos_threshold is None else eos_threshold
@@ -561,7 +567,9 @@ class DoveModel(DovePreTrainedModel):
         width = int(lengths.max())
         mask = length_mask(lengths, width)
         tokens = tokens[:, :width] * mask.unsqueeze(-1).to(tokens.dtype)
-        return DoveEncoderOutput(tokens=tokens, lengths=lengths, attention_mask=mask, p_eos=p_eos, latents=latents)
+        kept_hidden = hidden[:, :width] * mask.unsqueeze(-1).to(hidden.dtype) if output_hidden_states else None
+        return DoveEncoderOutput(tokens=tokens, lengths=lengths, attention_mask=mask, p_eos=p_eos, latents=latents,
+                                 hidden_states=kept_hidden)
 
     def decode_latents(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Token decoder only: tokens `(B, L, k)` → latent grid `(B, C, h, w)`."""
