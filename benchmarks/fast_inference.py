@@ -56,7 +56,7 @@ def scenes_tensor(scenes) -> torch.Tensor:
 
 
 @torch.no_grad()
-def early_exit(model: DoveModel, x: torch.Tensor, repeats: int, chunk_size: int, label: str) -> None:
+def early_exit(model: DoveModel, x: torch.Tensor, repeats: int, chunk_size: int | None, label: str) -> None:
     full = model.encode(x)
     fast = model.encode(x, early_exit=True, chunk_size=chunk_size)
     diff = (full.tokens - fast.tokens).abs().max().item()
@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="a DOVE checkpoint (e.g. runs/demo/tokenizer)")
     parser.add_argument("--query-model", default=None, help="a Q-DOVE checkpoint")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--chunk-size", type=int, default=4)
+    parser.add_argument("--chunk-size", type=int, default=None, help="default: auto (a quarter, then doubling)")
     parser.add_argument("--geometry", choices=["tiny", "paper", "generator"], nargs="*", default=["tiny"])
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
@@ -136,7 +136,7 @@ def main() -> None:
             paper.encode(x, num_tokens=paper.config.max_tokens // 4)
 
         def early():
-            paper.encode(x, num_tokens=paper.config.max_tokens // 4, early_exit=True, chunk_size=16)
+            paper.encode(x, num_tokens=paper.config.max_tokens // 4, early_exit=True, chunk_size=args.chunk_size)
 
         t_full, t_fast = side_by_side(full_pass, early, max(3, args.repeats // 5))
         with torch.no_grad():
@@ -156,7 +156,7 @@ def main() -> None:
             big.encode(x, num_tokens=length)
 
         def big_early():
-            big.encode(x, num_tokens=length, early_exit=True, chunk_size=16)
+            big.encode(x, num_tokens=length, early_exit=True, chunk_size=args.chunk_size)
 
         with torch.no_grad():
             t_full, t_fast = side_by_side(big_full, big_early, max(5, args.repeats // 2))

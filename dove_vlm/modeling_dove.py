@@ -119,6 +119,21 @@ def lengths_from_p_eos(
     return first.clamp(min=min_tokens, max=max_tokens).long()
 
 
+def chunk_schedule(num_slots: int, chunk_size: int | None) -> list[int]:
+    """Sizes of the early-exit chunks over `num_slots` timestep slots.
+
+    A fixed `chunk_size` gives equal chunks. `None` (auto) starts with a quarter of the slots and doubles: every
+    chunk is one generator call that reads all of its weights, so few, growing calls cost less than many small
+    ones, and an image that ends within the first quarter needs a single call."""
+    sizes, size, done = [], max(1, num_slots // 4) if chunk_size is None else max(1, int(chunk_size)), 0
+    while done < num_slots:
+        sizes.append(min(size, num_slots - done))
+        done += sizes[-1]
+        if chunk_size is None:
+            size *= 2
+    return sizes
+
+
 def length_mask(lengths: torch.Tensor, width: int) -> torch.LongTensor:
     """`(B, width)` mask with ones on the first `lengths[b]` positions."""
     return (torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]).long()
@@ -436,12 +451,12 @@ class DoveModel(DovePreTrainedModel):
         query_mask: torch.Tensor | None,
         num_slots: int,
         prefix: DovePrefix | None = None,
-        chunk_size: int | None = None,
+        chunks: list[int] | None = None,
         done: Callable[[torch.Tensor, int], bool] | None = None,
     ) -> torch.Tensor:
         """Hidden states of the timestep slots, `(B, s, d)`, over `[H_v ; H_q ; t_1..t_s]`.
 
-        One parallel call by default. With `prefix`, H_v comes from its KV cache; with `chunk_size`, the slots
+        One parallel call by default. With `prefix`, H_v comes from its KV cache; with `chunks` (sizes), the slots
         run in chunks on a KV cache and stop as soon as `done(hidden_so_far, slots_so_far)` says so (early
         exit). Positions are explicit so that padding a shorter query never shifts the timestep positions:
         a batch gives what its images give one by one, and a null query is exactly plain DOVE."""
@@ -461,12 +476,12 @@ class DoveModel(DovePreTrainedModel):
         timesteps = self._timesteps(batch, num_slots).to(head_embeds[0].dtype if head_embeds else latents.dtype)
         slot_positions = num_visual + query_len[:, None] + torch.arange(num_slots, device=device)[None]
         use_mask = query_ids is not None  # without a query every position is real: plain causal attention
-        chunk = num_slots if chunk_size is None else max(1, int(chunk_size))
-        cache = prefix.cache if prefix is not None else (DynamicCache() if chunk < num_slots else None)
+        chunks = [num_slots] if chunks is None else chunks
+        cache = prefix.cache if prefix is not None else (DynamicCache() if len(chunks) > 1 else None)
         past_mask = torch.ones(batch, num_visual if prefix is not None else 0, dtype=torch.long, device=device)
-        outputs = []
-        for start in range(0, num_slots, chunk):
-            stop = min(start + chunk, num_slots)
+        outputs, stop = [], 0
+        for size in chunks:
+            start, stop = stop, stop + size
             embeds = head_embeds + [timesteps[:, start:stop]] if start == 0 else [timesteps[:, start:stop]]
             positions = head_positions + [slot_positions[:, start:stop]] if start == 0 else [slot_positions[:, start:stop]]
             mask = head_mask if start == 0 else []
@@ -502,7 +517,7 @@ class DoveModel(DovePreTrainedModel):
         min_tokens: int | None = None,
         num_tokens: int | torch.Tensor | None = None,
         early_exit: bool = False,
-        chunk_size: int = 8,
+        chunk_size: int | None = None,
         prefix: DovePrefix | None = None,
         output_hidden_states: bool = False,
     ) -> DoveEncoderOutput:
@@ -517,8 +532,10 @@ class DoveModel(DovePreTrainedModel):
             min_tokens (`int`, *optional*): overrides `config.min_tokens`.
             num_tokens (`int` or `(B,)`, *optional*): force the length (truncation to k tokens; fixed-k mode);
                 entries ≤ 0 keep that image's adaptive length.
-            early_exit (`bool`): run the slots in chunks of `chunk_size` on a KV cache and stop at the chunk
-                where every image has ended; same tokens and lengths as the full pass (for inference).
+            early_exit (`bool`): run the slots in chunks on a KV cache and stop at the chunk where every image
+                has ended; same tokens and lengths as the full pass (for inference).
+            chunk_size (`int`, *optional*): slots per early-exit chunk; default: a quarter of the slots, then
+                doubling (see `chunk_schedule`).
             prefix ([`DovePrefix`], *optional*): the cached visual prefix of `encode_prefix`; with one image and
                 several queries, the image is reused for every query.
             output_hidden_states (`bool`): also return the generator hidden states of the kept slots (`(B, L, d)`,
@@ -557,7 +574,7 @@ class DoveModel(DovePreTrainedModel):
                 return bool(finished.all())
 
         hidden = self._run_generator(latents, query_ids, query_mask, n, prefix=prefix,
-                                     chunk_size=chunk_size if early_exit else None, done=done)
+                                     chunks=chunk_schedule(n, chunk_size) if early_exit else None, done=done)
         tokens = self.token_head(hidden)
         p_eos = torch.sigmoid(self.eos_head(hidden).squeeze(-1).float())
         lengths = lengths_from_p_eos(p_eos.detach(), threshold, shortest, n)

@@ -49,7 +49,7 @@ def test_queries_change_the_code_and_batching_matches_single_images(query_model,
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("chunk_size", [1, 3, 8, 100])
+@pytest.mark.parametrize("chunk_size", [None, 1, 3, 8, 100])
 def test_early_exit_equals_the_full_pass(query_model, images, chunk_size):
     for queries in (None, ["the blue triangle", None, "the square", "is there a red cross?"]):
         full = query_model.encode(images, queries=queries)
@@ -128,3 +128,14 @@ def test_query_tokenizer_is_saved_and_loaded(query_model, images, tmp_path):
 def test_tokenizer_must_fit_the_embedding(query_model):
     with pytest.raises(ValueError, match="larger query_vocab_size"):
         query_model.set_query_tokenizer(build_word_tokenizer([" ".join(f"w{i}" for i in range(100))]))
+
+
+def test_chunk_schedule_covers_every_slot_once():
+    from dove_vlm.modeling_dove import chunk_schedule
+
+    assert chunk_schedule(256, None) == [64, 128, 64]  # a quarter first, then doubling, capped at the end
+    assert chunk_schedule(32, None) == [8, 16, 8]
+    assert chunk_schedule(10, 4) == [4, 4, 2]
+    assert chunk_schedule(3, None) == [1, 2]
+    for n in range(1, 70):
+        assert sum(chunk_schedule(n, None)) == n and sum(chunk_schedule(n, 5)) == n
