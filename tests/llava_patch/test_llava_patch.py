@@ -308,3 +308,48 @@ def test_adaptive_tower_takes_no_questions(patched, dove_dir, text_tokenizer, to
     input_ids, mask, text_lengths = _batch(_prompts(QUESTIONS), text_tokenizer)
     out = model.prepare_inputs_labels_for_multimodal(input_ids, None, mask, None, None, tower_images)
     assert out[2].sum(1).tolist() == [t - 1 + n for t, n in zip(text_lengths, TARGET_LENGTHS)]
+
+
+@requires_llava
+def test_llava_train_script_runs_with_a_dove_tower(patched, dove_dir, text_tokenizer, tmp_path, monkeypatch):
+    """LLaVA's own `llava/train/train.py`, run by the launcher on a tiny local LM, images and conversations;
+    the Q-DOVE tower gets each sample's question (a text-only sample's blank image gets the null query)."""
+    from PIL import Image
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llava_patch.__main__ import main
+
+    llm = tmp_path / "llm"
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(text_tokenizer), hidden_size=32, intermediate_size=64,
+                                 num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                 bos_token_id=1, eos_token_id=2)).save_pretrained(llm)
+    text_tokenizer.save_pretrained(llm)
+    (tmp_path / "images").mkdir()
+    rows = []
+    for i, question in enumerate(QUESTIONS):
+        pixels = (torch.rand(40, 48, 3, generator=torch.Generator().manual_seed(i)) * 255).byte().numpy()
+        Image.fromarray(pixels).save(tmp_path / "images" / f"{i}.png")
+        rows.append({"id": str(i), "image": f"{i}.png", "conversations": [
+            {"from": "human", "value": f"{question}\n<image>"}, {"from": "gpt", "value": "The square is green."}]})
+    rows.append({"id": "text", "conversations": [{"from": "human", "value": QUESTIONS[1]}, {"from": "gpt", "value": "Yes."}]})
+    (tmp_path / "data.json").write_text(__import__("json").dumps(rows))
+
+    seen = []
+    forward = DoveLlavaVisionTower.forward
+    monkeypatch.setattr(DoveLlavaVisionTower, "forward",
+                        lambda self, images, queries=None: seen.extend(queries or []) or forward(self, images, queries))
+    output_dir = tmp_path / "llava-dove-tiny"
+    argv = ["llava.train.train", "--model_name_or_path", str(llm), "--version", "v1",
+            "--data_path", str(tmp_path / "data.json"), "--image_folder", str(tmp_path / "images"),
+            "--vision_tower", f"dove:{dove_dir}?mode=query", "--mm_projector_type", "mlp2x_gelu",
+            "--mm_use_im_start_end", "False", "--mm_use_im_patch_token", "False", "--image_aspect_ratio", "pad",
+            "--output_dir", str(output_dir), "--num_train_epochs", "1", "--per_device_train_batch_size", "5",
+            "--learning_rate", "1e-3", "--report_to", "none", "--save_strategy", "no", "--model_max_length", "256",
+            "--lazy_preprocess", "True", "--dataloader_num_workers", "0", "--bf16", "False", "--use_cpu", "True"]
+    monkeypatch.setattr(sys, "argv", list(argv))
+    main(argv)
+    assert sorted(seen, key=str) == sorted(QUESTIONS + [None], key=str)
+    saved = __import__("json").loads((output_dir / "config.json").read_text())
+    assert saved["mm_vision_tower"] == f"dove:{dove_dir}?mode=query" and saved["mm_hidden_size"] == 4
+    assert (output_dir / "model.safetensors").exists()
