@@ -353,3 +353,45 @@ def test_llava_train_script_runs_with_a_dove_tower(patched, dove_dir, text_token
     saved = __import__("json").loads((output_dir / "config.json").read_text())
     assert saved["mm_vision_tower"] == f"dove:{dove_dir}?mode=query" and saved["mm_hidden_size"] == 4
     assert (output_dir / "model.safetensors").exists()
+
+
+@requires_llava
+def test_llava_cli_answers_with_a_dove_tower(patched, dove_dir, text_tokenizer, tmp_path, monkeypatch, capsys):
+    """LLaVA's own chat script (`llava.serve.cli`, which runs on a CPU with `--device cpu`) through the launcher:
+    it loads a saved tiny LLaVA-DOVE with `load_pretrained_model`, and the question reaches the Q-DOVE tower."""
+    import io
+
+    from PIL import Image
+
+    from llava_patch.__main__ import main
+
+    folder = tmp_path / "llava-v1-dove-tiny"  # LLaVA's loader and template choice go by the name
+    model = _tiny_llava(patched, f"dove:{dove_dir}?mode=query", text_tokenizer)
+    model.save_pretrained(folder)
+    text_tokenizer.save_pretrained(folder)
+    image = tmp_path / "scene.png"
+    Image.fromarray((torch.rand(40, 48, 3, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy()).save(image)
+    seen = []
+    forward = DoveLlavaVisionTower.forward
+    monkeypatch.setattr(DoveLlavaVisionTower, "forward",
+                        lambda self, images, queries=None: seen.extend(queries or []) or forward(self, images, queries))
+    argv = ["llava.serve.cli", "--model-path", str(folder), "--image-file", str(image), "--device", "cpu",
+            "--max-new-tokens", "4", "--temperature", "0", "--debug"]
+    monkeypatch.setattr(sys, "argv", list(argv))
+    monkeypatch.setattr(sys, "stdin", io.StringIO(QUESTIONS[0] + "\n"))
+    main(argv)
+    assert seen == [QUESTIONS[0]]
+    assert "USER: <image>\\nWhat colour is the square? ASSISTANT:" in capsys.readouterr().out
+
+
+@requires_llava
+def test_launcher_passes_launcher_options_after_the_script(patched, tmp_path, monkeypatch):
+    from llava_patch.__main__ import main
+
+    script = tmp_path / "show_argv.py"
+    script.write_text("import sys, json, llava_patch\n"
+                      "open(sys.argv[1], 'w').write(json.dumps([sys.argv[2:], llava_patch.is_applied()]))\n")
+    out = tmp_path / "argv.json"
+    monkeypatch.setattr(sys, "argv", ["llava_patch"])
+    main(["--local_rank=0", str(script), str(out), "--vision_tower", "dove:/x"])  # as `deepspeed --module` calls it
+    assert __import__("json").loads(out.read_text()) == [["--vision_tower", "dove:/x", "--local_rank=0"], True]
