@@ -34,7 +34,7 @@ class LlavaNotInstalledError(ImportError):
 
 def _import_llava():
     try:
-        import llava  # noqa: F401
+        import llava
     except ImportError as err:
         raise LlavaNotInstalledError(f"the original LLaVA package (`llava`) is not importable ({err}); {INSTALL_HINT}.") from err
     try:
@@ -79,8 +79,8 @@ def apply(strict: bool = False) -> bool:
     import sys
 
     import llava.model.builder as model_builder
-    import llava.model.llava_arch as llava_arch
     import llava.model.multimodal_encoder.builder as encoder_builder
+    from llava.model import llava_arch
 
     from . import arch
 
@@ -116,15 +116,15 @@ def __getattr__(name):  # the LLaVA-side names import `llava`-independent code o
 
 
 __all__ = [
-    "apply",
-    "is_applied",
-    "attach_tokenizer",
+    "INSTALL_HINT",
     "DoveLlavaVisionTower",
     "LlavaDoveImageProcessor",
     "LlavaNotInstalledError",
-    "parse_tower_name",
+    "apply",
+    "attach_tokenizer",
     "image_questions",
+    "is_applied",
+    "parse_tower_name",
     "question_from_prompt",
     "question_from_text",
-    "INSTALL_HINT",
 ]

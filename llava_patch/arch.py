@@ -83,7 +83,7 @@ def encode_images(self, images, queries=None):
         if queries is not None and any(q for q in ([queries] if isinstance(queries, str) else queries)):
             raise ValueError("this LLaVA model's vision tower takes no text query; pass queries=None.")
         return ORIGINALS["encode_images"](self, images)
-    features = tower(images, queries=queries if tower.supports_queries else None)
+    features = tower(images, queries=queries)  # a non-query tower raises on a non-null query
     return project_features(self.get_model().mm_projector, features)
 
 

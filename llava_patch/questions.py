@@ -71,7 +71,7 @@ def question_from_text(text: str) -> str | None:
 
 def question_from_prompt(prompt: str) -> str | None:
     """The question asked about the (first) image of a LLaVA prompt string, e.g. `conv.get_prompt()`."""
-    head, found, tail = prompt.partition("<image>")
+    _, found, tail = prompt.partition("<image>")
     return question_from_text(tail) if found else None
 
 

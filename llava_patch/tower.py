@@ -14,7 +14,7 @@ import os
 from urllib.parse import parse_qsl
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from dove_vlm.configuration_dove import DoveConfig
 from dove_vlm.image_processing_dove import DoveImageProcessor
@@ -128,7 +128,8 @@ class DoveLlavaVisionTower(nn.Module):
             self.load_model()
 
     def load_model(self, device_map=None) -> None:
-        """Load the DOVE weights (frozen); `device_map` as in LLaVA (`"auto"` keeps the CPU, a device moves there)."""
+        """Load the DOVE weights (frozen). `device_map` as LLaVA passes it: `"auto"` puts the tower on the GPU when
+        there is one (as the CLIP tower's `device_map="auto"` does), a device or `{"": device}` puts it there."""
         if self.is_loaded:
             print(f"{self.vision_tower_name} is already loaded, `load_model` called again, skipping.")
             return
@@ -136,7 +137,9 @@ class DoveLlavaVisionTower(nn.Module):
         self.vision_tower.requires_grad_(False)
         if isinstance(device_map, dict) and len(set(device_map.values())) == 1:
             device_map = next(iter(device_map.values()))
-        if isinstance(device_map, (str, torch.device)) and str(device_map) != "auto":
+        if str(device_map) == "auto":
+            device_map = "cuda" if torch.cuda.is_available() else None
+        if isinstance(device_map, (str, int, torch.device)):
             self.vision_tower.to(device_map)
         self.is_loaded = True
 

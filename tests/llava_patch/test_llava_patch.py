@@ -13,7 +13,13 @@ import torch
 
 import llava_patch
 from dove_vlm.vision_tower import DoveVisionTower
-from llava_patch.questions import IGNORE_INDEX, IMAGE_TOKEN_INDEX, image_questions, question_from_prompt, question_from_text
+from llava_patch.questions import (
+    IGNORE_INDEX,
+    IMAGE_TOKEN_INDEX,
+    image_questions,
+    question_from_prompt,
+    question_from_text,
+)
 from llava_patch.tower import DoveLlavaVisionTower, parse_tower_name
 
 from .conftest import TARGET_LENGTHS, requires_llava
@@ -51,7 +57,7 @@ def test_apply_names_the_pypi_placeholder(monkeypatch):
 
 
 def test_launcher_without_a_script_prints_usage():
-    result = subprocess.run([sys.executable, "-m", "llava_patch"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "llava_patch"], check=False, capture_output=True, text=True,
                             cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     assert result.returncode == 2
     assert "python -m llava_patch MODULE_OR_SCRIPT" in result.stdout
@@ -121,10 +127,11 @@ def patched():
 
 
 def _model_args(vision_tower, **overrides):
-    fields = dict(vision_tower=vision_tower, mm_vision_select_layer=-1, mm_vision_select_feature="patch",
-                  pretrain_mm_mlp_adapter=None, mm_patch_merge_type="flat", mm_projector_type="mlp2x_gelu",
-                  mm_use_im_patch_token=False, mm_use_im_start_end=False, tune_mm_mlp_adapter=False)
-    return types.SimpleNamespace(**{**fields, **overrides})
+    """LLaVA's `ModelArguments` fields that `initialize_vision_modules` / `initialize_vision_tokenizer` read."""
+    return types.SimpleNamespace(**{
+        "vision_tower": vision_tower, "mm_vision_select_layer": -1, "mm_vision_select_feature": "patch",
+        "pretrain_mm_mlp_adapter": None, "mm_patch_merge_type": "flat", "mm_projector_type": "mlp2x_gelu",
+        "mm_use_im_patch_token": False, "mm_use_im_start_end": False, "tune_mm_mlp_adapter": False, **overrides})
 
 
 def _tiny_llava(patched, tower_name, tokenizer):
@@ -171,9 +178,9 @@ def _batch(prompts, tokenizer):
 
 @requires_llava
 def test_apply_is_idempotent_and_registers_at_the_builder(patched, dove_dir):
-    import llava.model.llava_arch as llava_arch
     import llava.model.multimodal_encoder.builder as encoder_builder
     from llava import constants
+    from llava.model import llava_arch
 
     from llava_patch import arch
 
@@ -283,7 +290,7 @@ def test_generate_and_reload_through_llava(patched, dove_dir, text_tokenizer, to
     # LLaVA's own loader: the name must contain "llava"; it loads the LM in float16
     tokenizer, loaded, image_processor, _ = load_pretrained_model(str(folder), None, "llava-dove-tiny", device="cpu")
     assert isinstance(loaded.get_vision_tower(), DoveLlavaVisionTower) and loaded.get_vision_tower().is_loaded
-    assert getattr(loaded, "dove_text_tokenizer") is tokenizer  # recorded for Q-DOVE by the patched loader
+    assert loaded.dove_text_tokenizer is tokenizer  # recorded for Q-DOVE by the patched loader
     assert image_processor.crop_size == {"height": 32, "width": 32}
     with torch.no_grad():
         a = model(input_ids=input_ids, attention_mask=mask, images=tower_images[:1]).logits
@@ -395,3 +402,11 @@ def test_launcher_passes_launcher_options_after_the_script(patched, tmp_path, mo
     monkeypatch.setattr(sys, "argv", ["llava_patch"])
     main(["--local_rank=0", str(script), str(out), "--vision_tower", "dove:/x"])  # as `deepspeed --module` calls it
     assert __import__("json").loads(out.read_text()) == [["--vision_tower", "dove:/x", "--local_rank=0"], True]
+
+
+@requires_llava
+def test_non_query_towers_refuse_questions(patched, dove_dir, text_tokenizer, tower_images):
+    model = _tiny_llava(patched, f"dove:{dove_dir}?mode=fixed&num_tokens=3", text_tokenizer)
+    assert [f.shape[0] for f in model.encode_images(tower_images)] == [3, 3, 3, 3]
+    with pytest.raises(ValueError, match="ignores text queries"):
+        model.encode_images(tower_images[:1], queries=["the red circle"])
