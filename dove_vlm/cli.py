@@ -44,6 +44,16 @@ def _train(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _llava_train(ns: argparse.Namespace) -> int:
+    from .llava.training import LlavaTrainingArguments, format_llava_report, train_llava
+
+    names = {f.name for f in dataclasses.fields(LlavaTrainingArguments)}
+    args = LlavaTrainingArguments(**{k: v for k, v in vars(ns).items() if k in names})
+    metrics = train_llava(args)
+    print(format_llava_report(metrics, args.output_dir))
+    return 0
+
+
 def format_report(metrics: dict, output_dir: str) -> str:
     """A short human-readable report of a training run's `metrics.json`."""
     lines = [f"model written to {output_dir}"]
@@ -161,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_enc.add_argument("--query", default=None, help="Q-DOVE text query for every image ('' = whole image)")
     p_enc.add_argument("--batch-size", type=int, default=32)
     p_enc.set_defaults(func=_encode)
+
+    from .llava.training import LlavaTrainingArguments
+
+    p_llava = sub.add_parser("llava-train", help="train LLaVA on a DOVE tower: --stage base (tiny LLaVA on the grid "
+                             "tower) or --stage lora (LoRA + projector on a DOVE / Q-DOVE tower)")
+    _add_dataclass_arguments(p_llava, LlavaTrainingArguments)
+    p_llava.set_defaults(func=_llava_train)
 
     p_demo = sub.add_parser("demo", help="the whole pipeline at tiny scale on the embedded data")
     p_demo.add_argument("--output-dir", default="runs/demo")
