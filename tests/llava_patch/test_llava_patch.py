@@ -58,7 +58,7 @@ def test_apply_names_the_pypi_placeholder(monkeypatch):
 
 def test_launcher_without_a_script_prints_usage():
     result = subprocess.run([sys.executable, "-m", "llava_patch"], check=False, capture_output=True, text=True,
-                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert result.returncode == 2
     assert "python -m llava_patch MODULE_OR_SCRIPT" in result.stdout
 
@@ -317,14 +317,43 @@ def test_adaptive_tower_takes_no_questions(patched, dove_dir, text_tokenizer, to
     assert out[2].sum(1).tolist() == [t - 1 + n for t, n in zip(text_lengths, TARGET_LENGTHS)]
 
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RECORDING_RUNNER = """
+import json, sys
+from llava_patch.__main__ import main
+from llava_patch.tower import DoveLlavaVisionTower
+
+record, seen, forward = sys.argv[1], [], DoveLlavaVisionTower.forward
+def recording_forward(self, images, queries=None):
+    seen.extend(queries or [])
+    return forward(self, images, queries)
+DoveLlavaVisionTower.forward = recording_forward
+try:
+    main(sys.argv[2:])
+finally:
+    open(record, "w").write(json.dumps(seen))
+"""
+
+
+def _run_llava_script(tmp_path, argv, stdin=""):
+    """Run a LLaVA script through the launcher in a fresh process (LLaVA's scripts change global state, e.g.
+    `disable_torch_init` turns off nn.Linear initialisation); returns the queries the DOVE tower received."""
+    runner, record = tmp_path / "run_recording.py", tmp_path / "queries.json"
+    runner.write_text(RECORDING_RUNNER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, str(runner), str(record), *argv], input=stdin, capture_output=True,
+                            text=True, cwd=tmp_path, env=env, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return __import__("json").loads(record.read_text()), result.stdout
+
+
 @requires_llava
-def test_llava_train_script_runs_with_a_dove_tower(patched, dove_dir, text_tokenizer, tmp_path, monkeypatch):
+def test_llava_train_script_runs_with_a_dove_tower(dove_dir, text_tokenizer, tmp_path):
     """LLaVA's own `llava/train/train.py`, run by the launcher on a tiny local LM, images and conversations;
     the Q-DOVE tower gets each sample's question (a text-only sample's blank image gets the null query)."""
     from PIL import Image
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from llava_patch.__main__ import main
 
     llm = tmp_path / "llm"
     torch.manual_seed(0)
@@ -342,35 +371,26 @@ def test_llava_train_script_runs_with_a_dove_tower(patched, dove_dir, text_token
     rows.append({"id": "text", "conversations": [{"from": "human", "value": QUESTIONS[1]}, {"from": "gpt", "value": "Yes."}]})
     (tmp_path / "data.json").write_text(__import__("json").dumps(rows))
 
-    seen = []
-    forward = DoveLlavaVisionTower.forward
-    monkeypatch.setattr(DoveLlavaVisionTower, "forward",
-                        lambda self, images, queries=None: seen.extend(queries or []) or forward(self, images, queries))
     output_dir = tmp_path / "llava-dove-tiny"
-    argv = ["llava.train.train", "--model_name_or_path", str(llm), "--version", "v1",
-            "--data_path", str(tmp_path / "data.json"), "--image_folder", str(tmp_path / "images"),
-            "--vision_tower", f"dove:{dove_dir}?mode=query", "--mm_projector_type", "mlp2x_gelu",
-            "--mm_use_im_start_end", "False", "--mm_use_im_patch_token", "False", "--image_aspect_ratio", "pad",
-            "--output_dir", str(output_dir), "--num_train_epochs", "1", "--per_device_train_batch_size", "5",
-            "--learning_rate", "1e-3", "--report_to", "none", "--save_strategy", "no", "--model_max_length", "256",
-            "--lazy_preprocess", "True", "--dataloader_num_workers", "0", "--bf16", "False", "--use_cpu", "True"]
-    monkeypatch.setattr(sys, "argv", list(argv))
-    main(argv)
-    assert sorted(seen, key=str) == sorted(QUESTIONS + [None], key=str)
+    seen, _ = _run_llava_script(tmp_path, [
+        "llava.train.train", "--model_name_or_path", str(llm), "--version", "v1",
+        "--data_path", str(tmp_path / "data.json"), "--image_folder", str(tmp_path / "images"),
+        "--vision_tower", f"dove:{dove_dir}?mode=query", "--mm_projector_type", "mlp2x_gelu",
+        "--mm_use_im_start_end", "False", "--mm_use_im_patch_token", "False", "--image_aspect_ratio", "pad",
+        "--output_dir", str(output_dir), "--num_train_epochs", "1", "--per_device_train_batch_size", "5",
+        "--learning_rate", "1e-3", "--report_to", "none", "--save_strategy", "no", "--model_max_length", "256",
+        "--lazy_preprocess", "True", "--dataloader_num_workers", "0", "--bf16", "False", "--use_cpu", "True"])
+    assert sorted(seen, key=str) == sorted([*QUESTIONS, None], key=str)
     saved = __import__("json").loads((output_dir / "config.json").read_text())
     assert saved["mm_vision_tower"] == f"dove:{dove_dir}?mode=query" and saved["mm_hidden_size"] == 4
     assert (output_dir / "model.safetensors").exists()
 
 
 @requires_llava
-def test_llava_cli_answers_with_a_dove_tower(patched, dove_dir, text_tokenizer, tmp_path, monkeypatch, capsys):
+def test_llava_cli_answers_with_a_dove_tower(patched, dove_dir, text_tokenizer, tmp_path):
     """LLaVA's own chat script (`llava.serve.cli`, which runs on a CPU with `--device cpu`) through the launcher:
     it loads a saved tiny LLaVA-DOVE with `load_pretrained_model`, and the question reaches the Q-DOVE tower."""
-    import io
-
     from PIL import Image
-
-    from llava_patch.__main__ import main
 
     folder = tmp_path / "llava-v1-dove-tiny"  # LLaVA's loader and template choice go by the name
     model = _tiny_llava(patched, f"dove:{dove_dir}?mode=query", text_tokenizer)
@@ -378,17 +398,11 @@ def test_llava_cli_answers_with_a_dove_tower(patched, dove_dir, text_tokenizer, 
     text_tokenizer.save_pretrained(folder)
     image = tmp_path / "scene.png"
     Image.fromarray((torch.rand(40, 48, 3, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy()).save(image)
-    seen = []
-    forward = DoveLlavaVisionTower.forward
-    monkeypatch.setattr(DoveLlavaVisionTower, "forward",
-                        lambda self, images, queries=None: seen.extend(queries or []) or forward(self, images, queries))
-    argv = ["llava.serve.cli", "--model-path", str(folder), "--image-file", str(image), "--device", "cpu",
-            "--max-new-tokens", "4", "--temperature", "0", "--debug"]
-    monkeypatch.setattr(sys, "argv", list(argv))
-    monkeypatch.setattr(sys, "stdin", io.StringIO(QUESTIONS[0] + "\n"))
-    main(argv)
+    seen, stdout = _run_llava_script(tmp_path, [
+        "llava.serve.cli", "--model-path", str(folder), "--image-file", str(image), "--device", "cpu",
+        "--max-new-tokens", "4", "--temperature", "0", "--debug"], stdin=QUESTIONS[0] + "\n")
     assert seen == [QUESTIONS[0]]
-    assert "USER: <image>\\nWhat colour is the square? ASSISTANT:" in capsys.readouterr().out
+    assert "USER: <image>\\nWhat colour is the square? ASSISTANT:" in stdout
 
 
 @requires_llava
