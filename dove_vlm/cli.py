@@ -33,11 +33,22 @@ def _add_dataclass_arguments(parser: argparse.ArgumentParser, cls, skip=()) -> N
                                 and f.default_factory is dataclasses.MISSING)
 
 
+def json_object(text: str) -> dict:
+    """`--model-overrides` value: a JSON object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text!r}") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"max_tokens\": 16}}', got {text!r}")
+    return value
+
+
 def _train(ns: argparse.Namespace) -> int:
     from train_tokenizer.config import TrainingArguments
     from train_tokenizer.train import train
 
-    names = {f.name for f in dataclasses.fields(TrainingArguments)} - {"model_overrides"}
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
     args = TrainingArguments(**{k: v for k, v in vars(ns).items() if k in names})
     metrics = train(args)
     print(format_report(metrics, args.output_dir))
@@ -158,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_train = sub.add_parser("train", help="train a DOVE tokenizer (writes a checkpoint, metrics.json and plots)")
     _add_dataclass_arguments(p_train, TrainingArguments, skip=("model_overrides",))
+    p_train.add_argument("--model-overrides", type=json_object, default={}, metavar="JSON",
+                         help='DoveConfig fields over the preset\'s, e.g. \'{"max_tokens": 16}\' (new runs only)')
     p_train.set_defaults(func=_train)
 
     p_enc = sub.add_parser("encode", help="token counts (and features) of images")

@@ -99,6 +99,8 @@ def _as_pil_or_array(image, index: int):
         return image
     if isinstance(image, torch.Tensor):
         array = image.detach().cpu()
+        if array.is_floating_point() and array.dtype not in (torch.float16, torch.float32, torch.float64):
+            array = array.float()  # bfloat16 / float8 have no numpy dtype
         if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
             array = array.permute(1, 2, 0)  # (C, H, W) → (H, W, C)
         array = array.numpy()

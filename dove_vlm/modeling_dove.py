@@ -139,6 +139,25 @@ def length_mask(lengths: torch.Tensor, width: int) -> torch.LongTensor:
     return (torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]).long()
 
 
+def _merge_encoder_outputs(parts: list[DoveEncoderOutput], groups: list[torch.Tensor]) -> DoveEncoderOutput:
+    """Put the outputs of `encode` on row groups back into one batch, in the original row order; slots that a
+    group did not compute (early exit) read p_eos = 1, tokens beyond a row's length are zero."""
+    order = torch.cat(groups).argsort()
+
+    def stack(name: str, fill: float = 0.0):
+        values = [getattr(part, name) for part in parts]
+        if values[0] is None:
+            return None
+        if values[0].ndim > 1:
+            width = max(v.shape[1] for v in values)
+            values = [torch.nn.functional.pad(v, (0, 0) * (v.ndim - 2) + (0, width - v.shape[1]), value=fill)
+                      for v in values]
+        return torch.cat(values)[order]
+
+    return DoveEncoderOutput(tokens=stack("tokens"), lengths=stack("lengths"), attention_mask=stack("attention_mask"),
+                             p_eos=stack("p_eos", 1.0), latents=stack("latents"), hidden_states=stack("hidden_states"))
+
+
 QUERY_TOKENIZER_DIR = "query_tokenizer"
 
 
@@ -219,6 +238,7 @@ class DovePreTrainedModel(PreTrainedModel):
         if _looks_local(source):
             check_checkpoint_dir(source)
         want_info = kwargs.pop("output_loading_info", False)
+        kwargs.setdefault("use_safetensors", True)  # never unpickle a `pytorch_model.bin` someone handed over
         try:
             model, info = super().from_pretrained(source, *model_args, output_loading_info=True, **kwargs)
         except (OSError, RuntimeError, ValueError, json.JSONDecodeError) as err:
@@ -226,10 +246,17 @@ class DovePreTrainedModel(PreTrainedModel):
         except Exception as err:  # safetensors raises its own SafetensorError for corrupt files
             if type(err).__name__ != "SafetensorError":
                 raise
-            raise ValueError(f"the weights of {source!r} are corrupt or truncated ({err}); re-save or re-download them.") from err
+            weights = os.path.join(source, "model.safetensors") if os.path.isdir(source) else source
+            raise ValueError(f"the weights file {weights!r} is corrupt, truncated or tampered with ({err}); re-save or "
+                             "re-download the checkpoint.") from err
         bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
         if bad:
             raise ValueError(f"the weights in {source!r} do not match its config ({ {k: list(v)[:3] for k, v in bad.items()} }).")
+        broken = next((name for name, value in model.state_dict().items()
+                       if value.is_floating_point() and not torch.isfinite(value).all()), None)
+        if broken is not None:
+            raise ValueError(f"the weights in {source!r} hold NaN or Inf (first: {broken}); the file is corrupt or was "
+                             "saved from a diverged run — use an earlier checkpoint.")
         if getattr(model.config, "freeze_vqgan", False):
             model.vqgan.requires_grad_(False)  # loading re-creates parameters (requires_grad=True)
         tokenizer_dir = os.path.join(source, QUERY_TOKENIZER_DIR)
@@ -311,10 +338,17 @@ class DoveModel(DovePreTrainedModel):
 
     # Pieces ---------------------------------------------------------------------------------------------
     def encode_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """VQGAN encoder: pixels `(B, 3, H, W)` in [-1, 1] → continuous latents `(B, C, h, w)`."""
-        self._check_pixels(pixel_values)
+        """VQGAN encoder: pixels `(B, 3, H, W)` in [-1, 1] → continuous latents `(B, C, h, w)`.
+
+        Floating pixels of another dtype are cast to the VQGAN's. In eval mode on CPU the images go through the
+        encoder one at a time: oneDNN picks its convolution algorithm by batch size, so a batched call can differ
+        from single images in the last bits; per image, an image's tokens never depend on its batch (training
+        keeps the faster batched call)."""
+        pixel_values = self._check_pixels(pixel_values)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_vqgan):
-            return self.vqgan.encode(pixel_values).latents
+            if self.training or pixel_values.device.type != "cpu" or pixel_values.shape[0] == 1:
+                return self.vqgan.encode(pixel_values).latents
+            return torch.cat([self.vqgan.encode(image[None]).latents for image in pixel_values])
 
     def latents_to_pixels(self, latents: torch.Tensor) -> torch.Tensor:
         """VQGAN decoder on continuous latents (the codebook is skipped), unclamped."""
@@ -357,20 +391,32 @@ class DoveModel(DovePreTrainedModel):
         table = sinusoidal_embeddings(num_slots, self.config.hidden_size).to(self.timestep_in.weight)
         return self.timestep_in(table).unsqueeze(0).expand(batch, -1, -1)
 
-    def _check_pixels(self, pixel_values: torch.Tensor) -> None:
+    def _check_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Checked pixels, cast to the VQGAN's dtype (a clear error for anything the VQGAN cannot take)."""
         size = self.config.image_size
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}; use "
+                            "DoveImageProcessor to turn images into pixel_values.")
+        if not pixel_values.is_floating_point():
+            raise TypeError(f"pixel_values must be floating point in [-1, 1], got dtype {pixel_values.dtype}; "
+                            "use DoveImageProcessor to turn 8-bit images into pixel_values.")
         if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
             raise ValueError(
                 f"pixel_values must have shape (batch, {self.config.num_channels}, {size}, {size}); got "
                 f"{tuple(pixel_values.shape)}. Use DoveImageProcessor to turn images into pixel_values."
             )
+        if pixel_values.shape[0] == 0:
+            raise ValueError("pixel_values hold no images (batch size 0).")
         if pixel_values.shape[-2:] != (size, size):
             raise ValueError(
                 f"pixel_values are {tuple(pixel_values.shape[-2:])} pixels but this model takes {size}x{size}; "
                 "resize them first (DoveImageProcessor does this with do_resize=True)."
             )
+        pixel_values = pixel_values.to(self.vqgan.dtype)
         if not torch.isfinite(pixel_values).all():
-            raise ValueError("pixel_values contain NaN or Inf; check the image loading/normalisation.")
+            raise ValueError(f"pixel_values contain NaN or Inf (in {self.vqgan.dtype}); check the image "
+                             "loading/normalisation — pixel values belong in [-1, 1].")
+        return pixel_values
 
     # Public API -----------------------------------------------------------------------------------------
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -544,6 +590,15 @@ class DoveModel(DovePreTrainedModel):
         n = self._resolve_max_tokens(max_tokens)
         threshold = self.config.eos_threshold if eos_threshold is None else eos_threshold
         shortest = self.config.min_tokens if min_tokens is None else min_tokens
+        groups = self._query_length_groups(pixel_values, queries) if prefix is None else None
+        if groups is not None:
+            kwargs = dict(max_tokens=max_tokens, eos_threshold=eos_threshold, min_tokens=min_tokens,
+                          early_exit=early_exit, chunk_size=chunk_size, output_hidden_states=output_hidden_states)
+            forced = None if num_tokens is None else torch.as_tensor(num_tokens).reshape(-1)
+            parts = [self.encode(pixel_values[rows], queries=[queries[i] for i in rows.tolist()],
+                                 num_tokens=None if forced is None else forced[rows] if forced.numel() > 1 else forced,
+                                 **kwargs) for rows in groups]
+            return _merge_encoder_outputs(parts, groups)
         if prefix is not None:
             if pixel_values is not None:
                 raise ValueError("pass either pixel_values or prefix, not both.")
@@ -560,12 +615,16 @@ class DoveModel(DovePreTrainedModel):
         query_ids, query_mask = self.tokenize_queries(queries, batch)
         forced = None
         if num_tokens is not None:
-            forced = torch.as_tensor(num_tokens, device=latents.device).long().expand(batch).clamp(max=n)
+            forced = torch.as_tensor(num_tokens, device=latents.device)
+            if forced.is_floating_point() or forced.is_complex() or forced.numel() not in (1, batch):
+                raise ValueError(f"num_tokens must be an int or {batch} ints (one per image), got "
+                                 f"{tuple(forced.shape)} of {forced.dtype}.")
+            forced = forced.long().reshape(-1).expand(batch).clamp(max=n)
 
         done = None
         if early_exit:
             def done(hidden: torch.Tensor, slots: int) -> bool:
-                p = torch.sigmoid(self.eos_head(hidden).squeeze(-1).float())
+                p = self._heads(hidden)[1]
                 above = p > threshold
                 above[:, : shortest - 1] = False
                 finished = above.any(1)
@@ -575,8 +634,7 @@ class DoveModel(DovePreTrainedModel):
 
         hidden = self._run_generator(latents, query_ids, query_mask, n, prefix=prefix,
                                      chunks=chunk_schedule(n, chunk_size) if early_exit else None, done=done)
-        tokens = self.token_head(hidden)
-        p_eos = torch.sigmoid(self.eos_head(hidden).squeeze(-1).float())
+        tokens, p_eos = self._heads(hidden)
         lengths = lengths_from_p_eos(p_eos.detach(), threshold, shortest, n)
         if forced is not None:
             lengths = torch.where(forced > 0, forced, lengths)
@@ -587,6 +645,35 @@ class DoveModel(DovePreTrainedModel):
         kept_hidden = hidden[:, :width] * mask.unsqueeze(-1).to(hidden.dtype) if output_hidden_states else None
         return DoveEncoderOutput(tokens=tokens, lengths=lengths, attention_mask=mask, p_eos=p_eos, latents=latents,
                                  hidden_states=kept_hidden)
+
+    def _heads(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens `(B, s, k)` and p_eos `(B, s)` of hidden states `(B, s, d)`, from one product with both heads:
+        BLAS routes a one-column (or one-row) product to kernels whose sums depend on the number of rows, so the
+        EOS column rides along with the token columns (and a lone row is computed as one of two) — an image's
+        tokens and p_eos then have the same bits in any batch."""
+        weight = torch.cat([self.token_head.weight, self.eos_head.weight])
+        bias = torch.cat([self.token_head.bias, self.eos_head.bias])
+        rows = hidden if hidden.shape[0] * hidden.shape[1] != 1 else hidden.expand(1, 2, hidden.shape[-1])
+        out = nn.functional.linear(rows, weight, bias)[:, : hidden.shape[1]]
+        return out[..., :-1], torch.sigmoid(out[..., -1].float())
+
+    def _query_length_groups(self, pixel_values, queries) -> list[torch.Tensor] | None:
+        """Rows of the batch by query length (in tokens), when the lengths differ and results must not depend on
+        the batch (eval mode on CPU); `None` otherwise. A shorter query padded to the longest is attended
+        through a mask, whose kernels sum differently in the last bits; each group of equal lengths is padding
+        free, so an image gets the same bits alone or in any batch."""
+        if self.training or not isinstance(queries, (list, tuple)) or not isinstance(pixel_values, torch.Tensor) \
+                or pixel_values.ndim != 4 or pixel_values.device.type != "cpu" or len(queries) != pixel_values.shape[0]:
+            return None
+        with warnings.catch_warnings():  # the groups' own calls warn about over-long queries
+            warnings.simplefilter("ignore")
+            ids, mask = self.tokenize_queries(queries, len(queries))
+        if ids is None:
+            return None
+        lengths = mask.sum(1)
+        if bool((lengths == lengths[0]).all()):
+            return None
+        return [(lengths == value).nonzero().squeeze(1) for value in lengths.unique().tolist()]
 
     def decode_latents(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Token decoder only: tokens `(B, L, k)` → latent grid `(B, C, h, w)`."""

@@ -24,13 +24,25 @@ def _check_source(source: str | os.PathLike) -> str:
     raise FileNotFoundError(f"pretrained source {source!r} does not exist; pass an existing folder or a hub id.")
 
 
+def _safe_load(cls, source: str, **kwargs):
+    """`cls.from_pretrained` from safetensors only (a `.bin` is never unpickled), with clear errors."""
+    try:
+        return cls.from_pretrained(source, use_safetensors=True, **kwargs)
+    except Exception as err:  # OSError/EnvironmentError for missing files, SafetensorError for corrupt ones
+        if not (isinstance(err, (OSError, ValueError)) or type(err).__name__ == "SafetensorError"):
+            raise
+        raise ValueError(f"cannot load {cls.__name__} weights from {source!r} ({type(err).__name__}: {str(err)[:300]}); "
+                         "only safetensors weights are read — convert a .bin checkpoint to safetensors first, or "
+                         "re-download a truncated file.") from err
+
+
 def load_vqgan(model: DoveModel, source: str | os.PathLike, subfolder: str | None = None) -> DoveModel:
     """Copy a pretrained `VQModel` into `model.vqgan`. With `subfolder=None`, a `vqvae/` subfolder (aMUSEd
     layout) is used when the source has one. The VQGAN's architecture must match `model.config.vqgan_config`."""
     source = _check_source(source)
     if subfolder is None and os.path.isdir(os.path.join(source, "vqvae")):
         subfolder = "vqvae"
-    theirs = VQModel.from_pretrained(source, subfolder=subfolder).state_dict()
+    theirs = _safe_load(VQModel, source, subfolder=subfolder).state_dict()
     ours = model.vqgan.state_dict()
     missing = [k for k in ours if k not in theirs]
     unexpected = [k for k in theirs if k not in ours or theirs[k].shape != ours[k].shape]
@@ -47,7 +59,7 @@ def load_generator(model: DoveModel, source: str | os.PathLike) -> DoveModel:
     """Initialise the causal generator from a GPTNeoX/Pythia checkpoint. The vocabulary embedding and LM head
     are dropped: the generator only ever sees embeddings (H_v, queries, timesteps)."""
     source = _check_source(source)
-    pythia = GPTNeoXModel.from_pretrained(source, dtype=torch.float32)
+    pythia = _safe_load(GPTNeoXModel, source, dtype=torch.float32)
     ours = model.config
     theirs = pythia.config
     for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):

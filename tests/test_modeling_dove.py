@@ -151,7 +151,8 @@ def test_config_validation():
     assert paper.vqgan_config["num_vq_embeddings"] == 8192 and paper.downsample_factor == 16
 
 
-@pytest.mark.parametrize("case", ["missing", "no_config", "truncated", "bad_json", "no_weights", "other_config"])
+@pytest.mark.parametrize("case", ["missing", "no_config", "truncated", "bad_json", "no_weights", "other_config",
+                                  "bad_header", "nan_weights"])
 def test_bad_checkpoints_give_clear_errors(micro_model, micro_config, tmp_path, case):
     path = tmp_path / "ckpt"
     micro_model.save_pretrained(path)
@@ -169,6 +170,14 @@ def test_bad_checkpoints_give_clear_errors(micro_model, micro_config, tmp_path, 
     elif case == "other_config":
         micro_config.max_tokens = 8
         micro_config.save_pretrained(path)
+    elif case == "bad_header":
+        data = bytearray(weights.read_bytes())
+        data[20:30] = b"##########"
+        weights.write_bytes(bytes(data))
+    elif case == "nan_weights":
+        data = bytearray(weights.read_bytes())
+        data[-64:] = b"\xff" * 64
+        weights.write_bytes(bytes(data))
     with pytest.raises((ValueError, FileNotFoundError)) as info:
         DoveModel.from_pretrained(path)
     assert str(path.name) in str(info.value) or "nowhere" in str(info.value)
@@ -208,3 +217,27 @@ def test_reloaded_model_keeps_the_vqgan_frozen(micro_model, tmp_path):
     reloaded = DoveModel.from_pretrained(tmp_path)
     assert not any(p.requires_grad for p in reloaded.vqgan.parameters())
     assert all(p.requires_grad for p in reloaded.generator.parameters())
+
+
+def test_pixel_dtypes(micro_model, images):
+    with torch.no_grad():
+        reference = micro_model.encode(images)
+        for dtype in (torch.float64, torch.float16, torch.bfloat16):
+            assert micro_model.encode(images.to(dtype)).tokens.dtype == torch.float32
+        torch.testing.assert_close(micro_model.encode(images.double()).tokens, reference.tokens, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="floating point"):
+        micro_model.encode(((images + 1) * 127.5).to(torch.uint8))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        micro_model.encode(images.numpy())
+    with pytest.raises(ValueError, match="no images"):
+        micro_model.encode(images[:0])
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        micro_model.encode(torch.full_like(images, 1e39, dtype=torch.float64))  # overflows float32
+
+
+def test_num_tokens_must_fit_the_batch(micro_model, images):
+    with pytest.raises(ValueError, match="num_tokens must be an int or 4 ints"):
+        micro_model.encode(images, num_tokens=torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="num_tokens"):
+        micro_model.encode(images, num_tokens=2.5)
+    assert micro_model.encode(images, num_tokens=torch.tensor(3)).lengths.tolist() == [3] * 4

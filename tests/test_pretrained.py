@@ -60,3 +60,26 @@ def test_vqgan_architecture_mismatch_is_clear(micro_config, tmp_path):
 def test_missing_local_source(micro_config, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_vqgan(DoveModel(micro_config), tmp_path / "not" / "there")
+
+
+def test_pickled_weights_are_never_loaded(micro_config, tmp_path):
+    """A `.bin` (pickle) checkpoint is refused with a clear error instead of being unpickled."""
+    VQModel(**micro_config.vqgan_config).save_pretrained(tmp_path / "vq", safe_serialization=False)
+    assert not list((tmp_path / "vq").glob("*.safetensors"))
+    with pytest.raises(ValueError, match="only safetensors weights are read"):
+        load_vqgan(DoveModel(micro_config), tmp_path / "vq")
+    _pythia_like(micro_config).save_pretrained(tmp_path / "pythia")
+    weights = next((tmp_path / "pythia").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="cannot load GPTNeoXModel weights"):
+        load_generator(DoveModel(micro_config), tmp_path / "pythia")
+
+
+def test_dove_checkpoint_with_only_pickled_weights_is_refused(micro_model, tmp_path):
+    import torch as torch_module
+
+    micro_model.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    torch_module.save(micro_model.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        DoveModel.from_pretrained(tmp_path)

@@ -4,6 +4,7 @@ checkpoint), on accelerate so the same code runs on one CPU or many GPUs, in fp3
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import math
 import os
@@ -23,7 +24,8 @@ from dove_vlm.data.grounding import load_visual_genome
 from dove_vlm.pretrained import load_generator, load_vqgan
 from dove_vlm.query_tokenizer import default_query_tokenizer
 
-from .checkpointing import latest_checkpoint, load_torch_state, load_trainer_state, save_checkpoint
+from .checkpointing import (latest_checkpoint, load_safetensors_state, load_torch_state, load_trainer_state,
+                            save_checkpoint)
 from .config import TrainingArguments
 from .data import batch_indices, build_training_dataset, get_batch
 from .evaluate import evaluate_queries, evaluate_tokenizer
@@ -47,10 +49,25 @@ def check_output_dir(output_dir: str | os.PathLike, min_free_bytes: int = 50 * 2
         probe.unlink()
     except OSError as err:
         raise PermissionError(f"cannot write to the output directory {root} ({err}); choose another --output-dir.") from err
-    free = shutil.disk_usage(root).free
-    if free < min_free_bytes:
-        raise OSError(f"only {free / 2**20:.0f} MiB free under {root}; free some space or choose another --output-dir.")
+    check_disk_space(root, min_free_bytes)
     return root
+
+
+def check_disk_space(output_dir: Path, required_bytes: int, what: str = "") -> None:
+    """Raise a clear OSError (ENOSPC) when `output_dir`'s file system has less than `required_bytes` free."""
+    free = shutil.disk_usage(output_dir).free
+    if free < required_bytes:
+        raise OSError(errno.ENOSPC, f"only {free / 2**20:.0f} MiB free under {output_dir} but {required_bytes / 2**20:.0f} "
+                      f"MiB are needed{what}; free some space or choose another --output-dir.")
+
+
+def checkpoint_bytes(model: torch.nn.Module, keep_checkpoints: int) -> int:
+    """Disk space a run needs: each checkpoint holds the weights and AdamW's two moments (≈ 3× the trainable
+    weights plus the frozen ones); `keep_checkpoints` of them and one being written, plus the final model."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    per_checkpoint = weights + 2 * trainable
+    return (keep_checkpoints + 1) * per_checkpoint + weights
 
 
 def sample_truncation(batch: int, max_tokens: int, prob: float, seed: int, step: int) -> torch.Tensor:
@@ -133,6 +150,9 @@ def train(args: TrainingArguments) -> dict:
     start_step = state.get("step", 0)
 
     model = build_model(args, resume_from)
+    if accelerator.is_main_process:
+        check_disk_space(output_dir, checkpoint_bytes(model, args.keep_checkpoints),
+                         f" for {args.keep_checkpoints + 1} checkpoints and the final model")
     config = model.config
     grounding = build_grounding(args, config.image_size) if args.query else None
     dataset = grounding.images if grounding else build_training_dataset(args.data, config.image_size,
@@ -160,9 +180,7 @@ def train(args: TrainingArguments) -> dict:
         optimizer.load_state_dict(load_torch_state(resume_from / "optimizer.pt"))
         scheduler.load_state_dict(load_torch_state(resume_from / "scheduler.pt"))
         if disc_optimizer is not None:
-            from safetensors.torch import load_file
-
-            rec_loss.discriminator.load_state_dict(load_file(str(resume_from / "discriminator.safetensors")))
+            rec_loss.discriminator.load_state_dict(load_safetensors_state(resume_from / "discriminator.safetensors"))
             disc_optimizer.load_state_dict(load_torch_state(resume_from / "disc_optimizer.pt"))
     # Q-DOVE from a DOVE checkpoint: the starting model, frozen, is the teacher of the null query's lengths.
     teacher = None
@@ -294,14 +312,13 @@ def train(args: TrainingArguments) -> dict:
             extras, extra_states = {}, {}
             if disc_optimizer is not None:
                 extras["discriminator"] = accelerator.unwrap_model(rec_loss).discriminator
-            path = save_checkpoint(
+                extra_states["disc_optimizer"] = disc_optimizer.state_dict()
+            save_checkpoint(
                 output_dir, done, raw_model, optimizer, scheduler,
                 {"threshold": threshold.state_dict(), "query_threshold": query_threshold.state_dict(),
                  "history": history, "args": args.to_dict()},
-                keep=args.keep_checkpoints, extra_modules=extras,
+                keep=args.keep_checkpoints, extra_modules=extras, extra_states=extra_states,
             )
-            if disc_optimizer is not None:
-                torch.save(disc_optimizer.state_dict(), path / "disc_optimizer.pt")
     train_seconds = time.time() - started
 
     metrics: dict = {"preset": args.preset, "steps": args.max_steps, "train_seconds_this_run": train_seconds,

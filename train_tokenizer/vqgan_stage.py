@@ -34,7 +34,7 @@ def train_vqgan(
     already there (a resumed run), load it instead of training again."""
     target = Path(output_dir) / VQGAN_DIR
     if (target / "config.json").is_file():
-        vqgan.load_state_dict(VQModel.from_pretrained(target).state_dict())
+        vqgan.load_state_dict(VQModel.from_pretrained(target, use_safetensors=True).state_dict())
         return vqgan
     torch.manual_seed(seed)
     vqgan.train().requires_grad_(True).to(device)

@@ -45,6 +45,18 @@ def to_rgb(image: Image.Image | np.ndarray, name: str = "image") -> Image.Image:
         return Image.fromarray(_array_to_uint8(image, name))
     if not isinstance(image, Image.Image):
         raise TypeError(f"{name}: expected a PIL image or a numpy array, got {type(image).__name__}.")
+    if image.width == 0 or image.height == 0:
+        raise ImageLoadError(f"{name}: the image is empty ({image.width}x{image.height} pixels).")
+    try:
+        return _pil_to_rgb(image, name)
+    except (ValueError, OSError) as err:
+        if isinstance(err, ImageLoadError):
+            raise
+        raise ImageLoadError(f"{name}: PIL cannot convert mode {image.mode!r} to RGB ({err}); convert the image to "
+                             "RGB first.") from err
+
+
+def _pil_to_rgb(image: Image.Image, name: str) -> Image.Image:
     if image.mode == "RGB":
         return image.copy()
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
