@@ -3,21 +3,30 @@ Q-DOVE, each scored on the same held-out embedded VQA questions."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 from .training import LlavaTrainingArguments, format_llava_report, train_llava
 
-# Sized for the 2-core CPU budget of `dove demo` (see README); every field can be overridden.
+# Sized for the 2-core CPU budget of `dove demo`; every field can be overridden. Measured (runs/llava_exp, one
+# thread on a shared, heavily loaded 2-core CPU): base 1200 steps 1365 s, DOVE LoRA 400 steps ~430 s. Multi-turn
+# examples (all of a scene's questions in one conversation) give ~8 answers per pass over the image tokens.
 LLAVA_DEMO_SHARED: dict[str, Any] = dict(num_train_scenes=2000, eval_scenes=250, eval_questions_per_scene=2,
-                                         batch_size=32, checkpoint_every=250, eval_batch_size=100)
-LLAVA_DEMO_BASE: dict[str, Any] = dict(max_steps=1500, learning_rate=2e-3, warmup_steps=50)
-LLAVA_DEMO_LORA: dict[str, Any] = dict(max_steps=500, learning_rate=2e-3, warmup_steps=25, lora_r=16, lora_alpha=32)
+                                         batch_size=16, checkpoint_every=200, eval_batch_size=100)
+LLAVA_DEMO_BASE: dict[str, Any] = dict(max_steps=1200, learning_rate=1e-3, warmup_steps=50, turns_per_image=8,
+                                       hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256)
+LLAVA_DEMO_LORA: dict[str, Any] = dict(max_steps=400, learning_rate=2e-3, warmup_steps=25, lora_r=16, lora_alpha=32,
+                                       turns_per_image=8, feature="hidden")
+# Q-DOVE encodes each image for one question: single-turn examples, so a larger batch and fewer scenes (its
+# features are computed per question).
+LLAVA_DEMO_QDOVE: dict[str, Any] = dict(turns_per_image=1, batch_size=32, num_train_scenes=1000)
 
 
 def run_llava_demo(tokenizer_dir: str, qdove_dir: str | None, output_dir: str, seed: int = 0,
                    shared: dict | None = None, base: dict | None = None, lora: dict | None = None,
+                   qdove: dict | None = None,
                    log=print) -> tuple[str, dict]:
     """Train and score the three LLaVA stages of the demo.
 
@@ -26,7 +35,8 @@ def run_llava_demo(tokenizer_dir: str, qdove_dir: str | None, output_dir: str, s
         qdove_dir: the Q-DOVE checkpoint (query mode, with each question as its query); `None` skips it.
         output_dir: `llava_base/`, `llava_dove/`, `llava_qdove/` are written here (each resumable).
         seed: data order and initialisation.
-        shared / base / lora: overrides of `LLAVA_DEMO_SHARED` / `LLAVA_DEMO_BASE` / `LLAVA_DEMO_LORA`.
+        shared / base / lora / qdove: overrides of `LLAVA_DEMO_SHARED` / `LLAVA_DEMO_BASE` / `LLAVA_DEMO_LORA` /
+            `LLAVA_DEMO_QDOVE` (the Q-DOVE stage reads the LoRA settings, then its own).
         log: where progress lines go.
 
     Returns:
@@ -35,25 +45,30 @@ def run_llava_demo(tokenizer_dir: str, qdove_dir: str | None, output_dir: str, s
     """
     root = Path(output_dir)
     common = dict(LLAVA_DEMO_SHARED, **(shared or {}))
-    stages = [("grid (base LLaVA)", dict(stage="base", tower=tokenizer_dir, mode="grid", **LLAVA_DEMO_BASE, **(base or {})),
-               root / "llava_base")]
-    lora_args = dict(stage="lora", base_model=str(root / "llava_base"), **LLAVA_DEMO_LORA, **(lora or {}))
-    stages.append(("DOVE adaptive (LoRA)", dict(tower=tokenizer_dir, mode="adaptive", **lora_args), root / "llava_dove"))
-    if qdove_dir is not None:
-        stages.append(("Q-DOVE with the question (LoRA)", dict(tower=qdove_dir, mode="query", **lora_args),
-                       root / "llava_qdove"))
+    base_args = {**LLAVA_DEMO_BASE, **(base or {}), "stage": "base", "tower": tokenizer_dir, "mode": "grid"}
+    lora_args = {**LLAVA_DEMO_LORA, **(lora or {}), "stage": "lora", "base_model": str(root / "llava_base")}
+    stages = [("grid (base LLaVA)", base_args, root / "llava_base"),
+              ("DOVE adaptive (LoRA)", {**lora_args, "tower": tokenizer_dir, "mode": "adaptive"}, root / "llava_dove")]
+    if qdove_dir is not None:  # Q-DOVE encodes each image for one question: single-turn examples
+        stages.append(("Q-DOVE with the question (LoRA)", {**lora_args, **LLAVA_DEMO_QDOVE, **(qdove or {}),
+                                                          "tower": qdove_dir, "mode": "query"}, root / "llava_qdove"))
     results: dict[str, Any] = {"stages": {}}
     reports = []
     started = time.time()
     for i, (name, kwargs, path) in enumerate(stages, 1):
         log(f"[dove demo] LLaVA {i}/{len(stages)}: {name} into {path}")
-        args = LlavaTrainingArguments(output_dir=str(path), seed=seed, resume=True, **common, **kwargs)
+        args = LlavaTrainingArguments(**{**common, **kwargs, "output_dir": str(path), "seed": seed, "resume": True})
         metrics = train_llava(args)
         reports.append(format_llava_report(metrics, str(path)))
         results["stages"][name] = summarize(metrics)
-    results["majority_baseline"] = metrics.get("majority_baseline")
+        if i == 1:  # the baselines of the base stage's training answers (the same held-out questions throughout)
+            results["majority_baseline"] = metrics.get("majority_baseline")
     results["seconds"] = time.time() - started
-    return llava_table(results), results
+    table = llava_table(results)
+    (root / "llava_report.md").write_text("# LLaVA stages of `dove demo`\n\n" + table + "\n\n```\n" +
+                                          "\n\n".join(reports) + "\n```\n")
+    (root / "llava_results.json").write_text(json.dumps(results, indent=2))
+    return table, results
 
 
 def summarize(metrics: dict) -> dict:
@@ -80,8 +95,8 @@ def llava_table(results: dict) -> str:
         acc, tok = s["accuracy"], s["tokens_per_image_mean"]
         t = s["timings"]
         lines.append(
-            f"| {name} | {100 * acc:.1f}% | {100 * acc / grid['accuracy']:.0f}% | {tok:.1f} ± {s['tokens_per_image_std']:.1f} "
-            f"| {100 * tok / grid['tokens_per_image_mean']:.0f}% | "
+            f"| {name} | {100 * acc:.1f}% | {_ratio(acc, grid['accuracy'])} | {tok:.1f} ± {s['tokens_per_image_std']:.1f} "
+            f"| {_ratio(tok, grid['tokens_per_image_mean'])} | "
             f"{100 * (acc - per_type):+.1f} pts | {t.get('train_seconds', 0):.0f} | {t.get('eval_seconds', 0):.0f} |"
             if per_type is not None else f"| {name} | {100 * acc:.1f}% | | {tok:.1f} | | | | |")
     if majority:
@@ -90,3 +105,7 @@ def llava_table(results: dict) -> str:
                      f"'{majority['overall']['answer']}' for every question {100 * majority['overall']['accuracy']:.1f}%, "
                      f"most frequent answer per question type {100 * per_type:.1f}%.")
     return "\n".join(lines)
+
+
+def _ratio(value: float, reference: float) -> str:
+    return f"{100 * value / reference:.0f}%" if reference else "–"

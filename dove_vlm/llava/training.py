@@ -19,6 +19,7 @@ newest complete checkpoint with the same batches. The tower is frozen, so its fe
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -492,6 +493,12 @@ def _save_final(args, output_dir: Path, raw_model, tower, processor) -> None:
     (output_dir / LORA_INFO_FILE).write_text(json.dumps(info, indent=2))
 
 
+@functools.lru_cache(maxsize=4)
+def _cached_split(split: str, num_scenes: int, seed: int, image_size: int, questions_per_scene: int | None) -> list[dict]:
+    """`build_vqa_split`, rendered once per process (the demo's stages share their scenes)."""
+    return build_vqa_split(split, num_scenes, seed, image_size, questions_per_scene)
+
+
 def train_llava(args: LlavaTrainingArguments) -> dict:
     """Train one stage as `args` says; returns the metrics (also written to `output_dir/metrics.json`)."""
     started_all = time.time()
@@ -509,7 +516,7 @@ def train_llava(args: LlavaTrainingArguments) -> dict:
     image_size = tower.config.dove_config.image_size
     timings: dict[str, float] = {}
     t0 = time.time()
-    records = build_vqa_split("train", args.num_train_scenes, args.seed, image_size, args.questions_per_scene)
+    records = _cached_split("train", args.num_train_scenes, args.seed, image_size, args.questions_per_scene)
     timings["data_seconds"] = time.time() - t0
     examples = group_examples(records, args.turns_per_image, args.seed)
     encoder = PromptEncoder(processor)
@@ -594,7 +601,7 @@ def train_llava(args: LlavaTrainingArguments) -> dict:
         _save_final(args, output_dir, raw_model, tower, processor)
         if args.eval_scenes:
             t0 = time.time()
-            test = build_vqa_split("test", args.eval_scenes, args.seed, image_size, args.eval_questions_per_scene)
+            test = _cached_split("test", args.eval_scenes, args.seed, image_size, args.eval_questions_per_scene)
             metrics["eval"] = evaluate_vqa(raw_model, processor, test, batch_size=args.eval_batch_size)
             metrics["majority_baseline"] = majority_baseline(records, test)
             metrics["eval_type_counts"] = type_counts(test)

@@ -230,3 +230,20 @@ def test_cli_llava_train(dove_dir, base_dir, qdove_dir, tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["mode"] == "query"
     assert main(["llava-train", "--stage", "lora", "--tower", dove_dir, "--output-dir", str(tmp_path / "x")]) == 2
     assert "--base-model" in capsys.readouterr().err
+
+
+def test_run_llava_demo_three_stages(dove_dir, qdove_dir, tmp_path):
+    from dove_vlm.llava.demo import run_llava_demo
+
+    micro = {k: v for k, v in MICRO_LLAVA.items() if k not in ("hidden_size", "num_hidden_layers",
+                                                                "num_attention_heads", "intermediate_size")}
+    shape = {k: MICRO_LLAVA[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")}
+    table, results = run_llava_demo(dove_dir, qdove_dir, str(tmp_path), seed=0, shared=dict(micro, num_train_scenes=8),
+                                    base=dict(shape, max_steps=2, turns_per_image=4), lora=dict(max_steps=2, lora_r=2),
+                                    qdove=dict(batch_size=8, num_train_scenes=8),
+                                    log=lambda *_: None)
+    names = list(results["stages"])
+    assert len(names) == 3 and [results["stages"][n]["mode"] for n in names] == ["grid", "adaptive", "query"]
+    assert all(n in table for n in names) and "Majority-answer baselines" in table
+    assert results["stages"][names[0]]["tokens_per_image_mean"] == 64
+    assert (tmp_path / "llava_qdove" / "adapter" / "adapter_config.json").is_file()
