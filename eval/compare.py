@@ -1,0 +1,305 @@
+"""The accuracy vs tokens-per-image comparison through the lmms-eval command line.
+
+`export_embedded` / `export_file` write a local VQA task (json data + images + a task YAML that includes
+`eval/tasks/dove_vqa/_default_template_yaml`); `compare` runs `lmms-eval --model dove_llava` once per tower mode
+in a subprocess, reads each run's results file (never its exit code: lmms-eval can exit 0 after a failure), and
+writes `comparison.json`, `comparison.md` and `accuracy_vs_tokens.png`.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+TEMPLATE = Path(__file__).resolve().parent / "tasks" / "dove_vqa" / "_default_template_yaml"
+METRIC = "vqa_accuracy,none"
+REQUIRED_FIELDS = ("image", "question", "answer")
+
+
+class LmmsEvalError(RuntimeError):
+    """An lmms-eval run that produced no usable results (its cause is in the message)."""
+
+
+# --- task export ------------------------------------------------------------------------------------------
+
+
+def _write_task(records: list[dict], output_dir: Path, task_name: str) -> Path:
+    from eval.tasks.dove_vqa.utils import validate_records
+
+    validate_records(records, f"task {task_name}")
+    data_file = output_dir / f"{task_name}.json"
+    data_file.write_text(json.dumps(records, indent=1))
+    task_dir = output_dir / "tasks"
+    task_dir.mkdir(parents=True, exist_ok=True)
+    task_yaml = task_dir / f"{task_name}.yaml"
+    task_yaml.write_text(f"task: {task_name}\ninclude: {TEMPLATE}\ndataset_kwargs:\n  data_files:\n"
+                         f"    test: {data_file.resolve()}\n")
+    return task_yaml
+
+
+def export_embedded(output_dir: str | os.PathLike, split: str = "test", num_scenes: int = 250, seed: int = 0,
+                    image_size: int = 32, questions_per_scene: int | None = 2, task_name: str | None = None) -> Path:
+    """Write the embedded VQA split (`build_vqa_split` with `dove llava-train`'s evaluation defaults, so the
+    same questions as its `eval`) as a local lmms-eval task; returns the task YAML."""
+    from dove_vlm.llava.vqa import build_vqa_split
+
+    out = Path(output_dir).resolve()
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    task_name = task_name or f"dove_vqa_{split}"
+    records = []
+    for i, r in enumerate(build_vqa_split(split, num_scenes, seed, image_size, questions_per_scene)):
+        image = out / "images" / f"{split}_{seed}_{r['scene']:05d}.png"
+        if not image.exists():
+            r["image"].save(image)
+        records.append({"id": i, "image": str(image), "question": r["question"], "answer": r["answer"],
+                        "type": r["type"], "scene": r["scene"]})
+    return _write_task(records, out, task_name)
+
+
+def read_records(path: str | os.PathLike) -> list[dict]:
+    """Records of a user VQA file (json list, jsonl or parquet); relative image paths are resolved against the
+    file's folder. Missing fields, missing images and empty files raise clear errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"VQA file {str(path)!r} does not exist.")
+    if path.suffix == ".parquet":
+        import pandas as pd
+
+        records = pd.read_parquet(path).to_dict("records")
+    elif path.suffix == ".jsonl":
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    else:
+        try:
+            records = json.loads(path.read_text() or "[]")
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid json: {err}") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise ValueError(f"{path} must hold a list of records {{image, question, answer}}.")
+    out = []
+    for i, r in enumerate(records):
+        r = dict(r)
+        r.setdefault("id", i)
+        if isinstance(r.get("image"), str) and r["image"] and not os.path.isabs(r["image"]):
+            r["image"] = str((path.parent / r["image"]).resolve())
+        out.append(r)
+    return out
+
+
+def export_file(path: str | os.PathLike, output_dir: str | os.PathLike, task_name: str | None = None) -> Path:
+    """A user VQA file (same format as the exported one) as a local lmms-eval task; returns the task YAML."""
+    task_name = task_name or Path(path).stem.replace("-", "_").replace(".", "_")
+    out = Path(output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    return _write_task(read_records(path), out, task_name)
+
+
+def task_of(task_yaml: str | os.PathLike) -> tuple[str, Path]:
+    """`(task name, include dir)` of a task YAML written by an export."""
+    path = Path(task_yaml)
+    if not path.is_file():
+        raise FileNotFoundError(f"task file {str(path)!r} does not exist; write one with `dove eval export`.")
+    for line in path.read_text().splitlines():
+        if line.startswith("task:"):
+            return line.split(":", 1)[1].strip().strip("'\""), path.parent.resolve()
+    raise ValueError(f"{path} has no `task:` line.")
+
+
+# --- running lmms-eval ------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunSpec:
+    """One row of the comparison: a tower mode on a model folder."""
+
+    name: str
+    mode: str
+    pretrained: str
+    model_args: dict = field(default_factory=dict)
+
+
+def lmms_eval_command() -> list[str]:
+    exe = shutil.which("lmms-eval")
+    return [exe] if exe else [sys.executable, "-m", "lmms_eval"]
+
+
+def run_lmms_eval(spec: RunSpec, tasks: list[str], include_path: Path, output_dir: Path, batch_size: int = 16,
+                  limit: int | None = None, timeout: float | None = None) -> Path:
+    """Run the lmms-eval CLI on one mode; return its results file. Raises `LmmsEvalError` (with the tail of the
+    log) when the run wrote no results for every task, whatever its exit code."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model_args = {"pretrained": str(Path(spec.pretrained).resolve()), "tower_mode": spec.mode,
+                  "batch_size": batch_size, **spec.model_args}
+    cmd = lmms_eval_command() + [
+        "--model", "dove_llava", "--model_args", ",".join(f"{k}={v}" for k, v in model_args.items()),
+        "--tasks", ",".join(tasks), "--include_path", str(include_path), "--batch_size", str(batch_size),
+        "--output_path", str(output_dir), "--log_samples"]
+    if limit is not None:
+        cmd += ["--limit", str(limit)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                      env.get("PYTHONPATH")]))
+    log = output_dir / "lmms_eval.log"
+    with open(log, "w") as handle:
+        handle.write(" ".join(cmd) + "\n")
+        handle.flush()
+        proc = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, timeout=timeout)
+    files = sorted(glob.glob(str(output_dir / "**" / "*_results.json"), recursive=True), key=os.path.getmtime)
+    if not files:
+        raise LmmsEvalError(f"lmms-eval wrote no results for {spec.name} (exit code {proc.returncode}); cause:\n"
+                            + _cause(log))
+    results = json.loads(Path(files[-1]).read_text())
+    missing = [t for t in tasks if METRIC not in results.get("results", {}).get(t, {})]
+    if missing:
+        raise LmmsEvalError(f"lmms-eval results for {spec.name} lack {', '.join(missing)} (exit code "
+                            f"{proc.returncode}); cause:\n" + _cause(log))
+    return Path(files[-1])
+
+
+def _cause(log: Path, lines: int = 25) -> str:
+    text = log.read_text(errors="replace").splitlines()
+    errors = [line for line in text if "Error" in line or "error" in line or "Traceback" in line]
+    tail = text[-lines:]
+    return "\n".join((errors[-5:] + ["..."] if errors else []) + tail)
+
+
+def read_results(results_file: str | os.PathLike, task: str) -> dict:
+    """Accuracy (points), tokens per image (mean, std), seconds per sample and sample count of one task from an
+    lmms-eval results file (the adapter's token and latency accounting in `throughput`)."""
+    results = json.loads(Path(results_file).read_text())
+    task_results = results["results"][task]
+    throughput = results.get("throughput", {})
+    mean = throughput.get("avg_image_tokens")
+    square = throughput.get("avg_image_tokens_sq")
+    if mean is None:
+        raise LmmsEvalError(f"{results_file} has no tokens-per-image accounting (throughput.avg_image_tokens); was it "
+                            "run with --model dove_llava?")
+    return {
+        "accuracy": float(task_results[METRIC]),
+        "accuracy_stderr": task_results.get("vqa_accuracy_stderr,none"),
+        "tokens_per_image_mean": float(mean),
+        "tokens_per_image_std": math.sqrt(max(0.0, float(square) - float(mean) ** 2)) if square is not None else None,
+        "seconds_per_sample": float(throughput.get("avg_latency", float("nan"))),
+        "num_samples": int(results.get("n-samples", {}).get(task, {}).get("effective", 0)),
+        "results_file": str(results_file),
+    }
+
+
+# --- the comparison ---------------------------------------------------------------------------------------
+
+
+def mode_matrix(grid_model: str | None = None, dove_model: str | None = None, qdove_model: str | None = None,
+                fixed_k: tuple[int, ...] = ()) -> list[RunSpec]:
+    """The comparison rows: grid (base model), fixed-K and adaptive (DOVE model), query and query-null (Q-DOVE)."""
+    specs = []
+    if grid_model:
+        specs.append(RunSpec("grid", "grid", grid_model))
+    if dove_model:
+        specs += [RunSpec(f"fixed-{k}", f"fixed-{k}", dove_model) for k in fixed_k]
+        specs.append(RunSpec("adaptive", "adaptive", dove_model))
+    if qdove_model:
+        specs += [RunSpec("query", "query", qdove_model), RunSpec("query-null", "query-null", qdove_model)]
+    if not specs:
+        raise ValueError("nothing to compare: give at least one of --grid-model, --dove-model, --qdove-model.")
+    return specs
+
+
+def compare(task_yaml: str | os.PathLike, specs: list[RunSpec], output_dir: str | os.PathLike, batch_size: int = 16,
+            limit: int | None = None, reference: dict | None = None, log=print) -> dict:
+    """Run every spec through lmms-eval on one task and write the comparison files into `output_dir`.
+
+    Args:
+        reference: optional `{row name: accuracy in [0, 1]}` from another evaluation (e.g. `dove llava-train`'s
+            metrics.json), reported next to the lmms-eval accuracy as a difference in points.
+
+    Returns:
+        the `comparison.json` content. Raises `LmmsEvalError` on the first failed run.
+    """
+    task, include = task_of(task_yaml)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    started = time.time()
+    for spec in specs:
+        log(f"[dove eval] {spec.name}: lmms-eval --model dove_llava --model_args pretrained={spec.pretrained},"
+            f"tower_mode={spec.mode} --tasks {task}")
+        t0 = time.time()
+        results_file = run_lmms_eval(spec, [task], include, out / "runs" / spec.name, batch_size, limit)
+        row = {"name": spec.name, **asdict(spec), **read_results(results_file, task), "wall_seconds": time.time() - t0}
+        if reference and spec.name in reference:
+            row["reference_accuracy"] = 100.0 * reference[spec.name]
+            row["accuracy_minus_reference"] = row["accuracy"] - row["reference_accuracy"]
+        rows.append(row)
+        log(f"[dove eval] {spec.name}: accuracy {row['accuracy']:.1f}, tokens/image {row['tokens_per_image_mean']:.1f}"
+            f", {1000 * row['seconds_per_sample']:.1f} ms/sample")
+    grid = next((r for r in rows if r["mode"] == "grid"), None)
+    for row in rows:
+        if grid:
+            row["tokens_vs_grid"] = row["tokens_per_image_mean"] / grid["tokens_per_image_mean"]
+            row["speedup_vs_grid"] = grid["seconds_per_sample"] / row["seconds_per_sample"]
+    comparison = {"task": task, "task_file": str(Path(task_yaml).resolve()), "batch_size": batch_size, "limit": limit,
+                  "rows": rows, "seconds": time.time() - started}
+    (out / "comparison.json").write_text(json.dumps(comparison, indent=2))
+    (out / "comparison.md").write_text(f"# Accuracy vs tokens per image on `{task}` (lmms-eval)\n\n"
+                                       + comparison_table(comparison) + "\n")
+    plot_comparison(comparison, out / "accuracy_vs_tokens.png")
+    return comparison
+
+
+def comparison_table(comparison: dict) -> str:
+    """The markdown table: accuracy, mean ± std tokens per image, latency per sample and its ratio to grid."""
+    has_ref = any("reference_accuracy" in r for r in comparison["rows"])
+    head = "| mode | accuracy | tokens / image | latency / sample | speed-up vs grid |" + (
+        " reference accuracy |" if has_ref else "")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in comparison["rows"]:
+        std = f" ± {r['tokens_per_image_std']:.1f}" if r.get("tokens_per_image_std") is not None else ""
+        speed = f"{r['speedup_vs_grid']:.2f}×" if "speedup_vs_grid" in r else "—"
+        line = (f"| {r['name']} | {r['accuracy']:.1f} | {r['tokens_per_image_mean']:.1f}{std} | "
+                f"{1000 * r['seconds_per_sample']:.1f} ms | {speed} |")
+        if has_ref:
+            line += (f" {r['reference_accuracy']:.1f} ({r['accuracy_minus_reference']:+.1f}) |"
+                     if "reference_accuracy" in r else " — |")
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def plot_comparison(comparison: dict, path: str | os.PathLike) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for r in comparison["rows"]:
+        ax.errorbar(r["tokens_per_image_mean"], r["accuracy"], xerr=r.get("tokens_per_image_std") or 0, fmt="o",
+                    capsize=3)
+        ax.annotate(r["name"], (r["tokens_per_image_mean"], r["accuracy"]), textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel("tokens per image (mean ± std)")
+    ax.set_ylabel("VQA accuracy (%)")
+    ax.set_title(comparison["task"])
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def reference_accuracies(specs: list[RunSpec]) -> dict:
+    """`{row name: accuracy}` from each model folder's `metrics.json` (`dove llava-train`'s own evaluation) for
+    the rows whose mode is the one the model was trained and evaluated in."""
+    ref = {}
+    for spec in specs:
+        metrics = Path(spec.pretrained) / "metrics.json"
+        if not metrics.is_file():
+            continue
+        m = json.loads(metrics.read_text())
+        if m.get("mode") == spec.mode and "eval" in m:
+            ref[spec.name] = m["eval"]["accuracy"]
+    return ref

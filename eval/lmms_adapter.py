@@ -1,0 +1,204 @@
+"""The lmms-eval model adapter for DOVE-LLaVA (`lmms-eval --model dove_llava --model_args pretrained=DIR,...`).
+
+`pretrained` is a folder written by `dove llava-train` (`--stage base`: a full model; `--stage lora`: base + LoRA
+adapter + tower) or any `DoveLlavaForConditionalGeneration` folder with its tokenizer. `tower_mode` re-runs the
+model's own DOVE weights in another mode:
+
+    grid        all VQGAN latents (the fixed-length baseline; needs a model trained on the grid tower)
+    fixed-K     DOVE truncated to K tokens (also `tower_mode=fixed,num_tokens=K`)
+    adaptive    DOVE's own length
+    query       Q-DOVE with the question as its query
+    query-null  Q-DOVE with a null query (the whole image)
+
+Token accounting goes through lmms-eval's own channels, so it lands in its results file next to accuracy:
+every request returns a `GenerationResult` whose `TokenCounts` hold the prompt length (text + image tokens) and the
+answer length (per sample, in the samples log and `efficiency`), and every sample is logged with
+`gen_metrics.log_metrics` (`throughput.avg_latency` = seconds per sample, `throughput.avg_image_tokens` and
+`avg_image_tokens_sq` give the mean and std of tokens per image).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from lmms_eval.api.instance import GenerationResult, TokenCounts
+from lmms_eval.api.model import lmms
+from lmms_eval.models.model_utils.gen_metrics import log_metrics
+
+from dove_vlm.vision_tower import DoveVisionTower, DoveVisionTowerConfig, TowerMode
+
+EVAL_MODES = ("grid", "fixed", "adaptive", "query", "query-null")
+
+
+def parse_tower_mode(tower_mode: str | None, num_tokens: int | str | None = None) -> tuple[str | None, int | None, bool]:
+    """`(tower mode, fixed length, give the question to the tower)` of an lmms-eval `tower_mode` value.
+
+    `None` keeps the loaded tower's mode. `fixed-K` (or `fixed` with `num_tokens=K`) truncates to K tokens.
+    Raises `ValueError` on an unknown mode, naming the choices.
+    """
+    if tower_mode is None or str(tower_mode).strip() in ("", "none", "None"):
+        return None, None, None
+    mode = str(tower_mode).strip().lower().replace("_", "-")
+    k = None if num_tokens in (None, "", "None") else int(num_tokens)
+    if mode.startswith("fixed") and mode != "fixed":
+        suffix = mode.removeprefix("fixed").lstrip("-")
+        if not suffix.isdigit():
+            raise ValueError(f"unknown tower_mode {tower_mode!r}; write fixed-K with an integer K, e.g. fixed-16.")
+        k, mode = int(suffix), "fixed"
+    if mode not in EVAL_MODES:
+        raise ValueError(f"unknown tower_mode {tower_mode!r}; choose one of: grid, fixed-K (or fixed with num_tokens=K), "
+                         "adaptive, query, query-null.")
+    if mode == "fixed" and (k is None or k < 1):
+        raise ValueError("tower_mode=fixed needs num_tokens=K >= 1 (or write tower_mode=fixed-K).")
+    if mode != "fixed" and k is not None:
+        raise ValueError(f"num_tokens only applies to tower_mode=fixed, not {mode!r}.")
+    if mode == "query-null":
+        return TowerMode.QUERY.value, None, False
+    return mode, k, mode == TowerMode.QUERY.value
+
+
+def load_dove_llava(pretrained: str, base_model: str | None = None, merged: bool = False):
+    """`(model, processor)` of a `dove llava-train` output folder (base or LoRA stage) or a DOVE-LLaVA folder."""
+    from dove_vlm.llava import DoveLlavaForConditionalGeneration
+    from dove_vlm.llava.training import LORA_INFO_FILE, build_processor, load_llava_lora, load_tokenizer
+
+    root = Path(pretrained)
+    if not root.is_dir():
+        raise FileNotFoundError(f"pretrained={pretrained!r} is not a folder; pass a `dove llava-train` output folder.")
+    if (root / LORA_INFO_FILE).is_file() or merged:
+        return load_llava_lora(root, merged=merged, base_model=base_model)
+    if not (root / "config.json").is_file():
+        raise FileNotFoundError(f"{root} holds neither a DOVE-LLaVA model (config.json) nor a LoRA stage "
+                                f"({LORA_INFO_FILE}).")
+    model = DoveLlavaForConditionalGeneration.from_pretrained(root).eval()
+    tower = model.model.vision_tower
+    if not isinstance(tower, DoveVisionTower):
+        raise ValueError(f"{root} has a {type(tower).__name__} vision tower, not a DOVE tower.")
+    return model, build_processor(tower, load_tokenizer(str(root)))
+
+
+def _base_model(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def set_tower_mode(model, processor, mode: str | None, num_tokens: int | None = None) -> DoveVisionTower:
+    """Run the model's DOVE weights in `mode` (a new tower around the same `DoveModel`, attached to the model and
+    the processor). Refuses a mode whose feature width differs from the trained projector's (e.g. grid on a model
+    trained on DOVE tokens): the projector would be random."""
+    base = _base_model(model)
+    tower = base.model.vision_tower
+    if mode is None:
+        return tower
+    cfg = tower.config
+    if cfg.mode == mode and (mode != TowerMode.FIXED.value or cfg.num_tokens == num_tokens):
+        return tower
+    new_cfg = DoveVisionTowerConfig(dove_config=tower.dove.config, mode=mode,
+                                    num_tokens=num_tokens if mode == TowerMode.FIXED.value else None,
+                                    feature=cfg.feature, eos_threshold=cfg.eos_threshold, min_tokens=cfg.min_tokens,
+                                    early_exit=cfg.early_exit, chunk_size=cfg.chunk_size)
+    new = DoveVisionTower(new_cfg, dove=tower.dove).eval()
+    if new.hidden_size != tower.hidden_size:
+        raise ValueError(f"tower_mode={mode!r} gives {new.hidden_size}-wide features but this model's projector was "
+                         f"trained on {tower.hidden_size}-wide {cfg.mode!r} features; evaluate {mode!r} with a model "
+                         "trained on that tower (grid: the `--stage base` folder).")
+    base.set_vision_tower(new)
+    processor.attach_tower(new)
+    return new
+
+
+class DoveLlava(lmms):
+    """lmms-eval adapter: greedy `generate_until` for a DOVE-LLaVA model in one tower mode.
+
+    Args:
+        pretrained: the model folder (see the module docstring).
+        tower_mode: grid | fixed-K | adaptive | query | query-null; default: the tower's saved mode.
+        num_tokens: K for `tower_mode=fixed`.
+        batch_size: prompts per `generate` call (left padding: answers do not depend on it).
+        max_new_tokens: answer length limit when the task does not set one.
+        base_model / merged: passed to `load_llava_lora` for LoRA folders.
+        device: torch device (CPU by default).
+    """
+
+    def __init__(self, pretrained: str, tower_mode: str | None = None, num_tokens: int | None = None,
+                 batch_size: int | str = 16, max_new_tokens: int = 4, base_model: str | None = None,
+                 merged: bool | str = False, device: str | None = None, **kwargs) -> None:
+        super().__init__()
+        mode, k, use_queries = parse_tower_mode(tower_mode, num_tokens)
+        self.batch_size_per_gpu = max(1, int(batch_size)) if str(batch_size).isdigit() else 16
+        self.max_new_tokens = int(max_new_tokens)
+        model, processor = load_dove_llava(pretrained, base_model=base_model, merged=str(merged).lower() == "true")
+        self.tower = set_tower_mode(model, processor, mode, k)
+        self.use_queries = self.tower.supports_queries if use_queries is None else use_queries
+        wants_cuda = bool(device) and str(device).startswith("cuda")
+        self.device = torch.device(device if device and (not wants_cuda or torch.cuda.is_available()) else "cpu")
+        self.model = model.to(self.device).eval()
+        self.processor = processor
+        self.tower_mode = tower_mode or self.tower.config.mode
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch_size_per_gpu
+
+    @torch.no_grad()
+    def _generate(self, images: list, questions: list[str], max_new_tokens: int):
+        from dove_vlm.llava.vqa import build_prompt
+
+        tokenizer = self.processor.tokenizer
+        side, tokenizer.padding_side = tokenizer.padding_side, "left"
+        try:
+            queries = list(questions) if self.use_queries else [None] * len(questions)
+            inputs = self.processor(images=images, text=[build_prompt(self.processor, q) for q in questions],
+                                    image_queries=queries, return_tensors="pt", padding=True)
+        finally:
+            tokenizer.padding_side = side
+        lengths = [int(n) for n in torch.as_tensor(inputs.pop("image_lengths")).reshape(-1).tolist()]
+        queries = inputs.pop("image_queries", None)
+        inputs = {k: v.to(self.device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+        if queries is not None and any(q is not None for q in queries):
+            inputs["image_queries"] = list(queries)
+        output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                     pad_token_id=tokenizer.pad_token_id)
+        new_tokens = output[:, inputs["input_ids"].shape[1]:]
+        texts = [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        out_lens = (new_tokens != tokenizer.pad_token_id).sum(1).tolist()
+        in_lens = inputs["attention_mask"].sum(1).tolist()
+        return texts, lengths, in_lens, out_lens
+
+    def generate_until(self, requests) -> list[GenerationResult]:
+        results: list[GenerationResult] = []
+        for start in range(0, len(requests), self.batch_size):
+            batch = requests[start : start + self.batch_size]
+            images, questions, until, max_new = [], [], [], self.max_new_tokens
+            for req in batch:
+                context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
+                visuals = doc_to_visual(self.task_dict[task][split][doc_id]) or []
+                if len(visuals) != 1:
+                    raise ValueError(f"dove_llava takes exactly one image per question; doc {doc_id} of {task} has "
+                                     f"{len(visuals)}.")
+                images.append(visuals[0].convert("RGB") if hasattr(visuals[0], "convert") else visuals[0])
+                questions.append(context)
+                stops = (gen_kwargs or {}).get("until") or []
+                until.append([stops] if isinstance(stops, str) else list(stops))
+                max_new = int((gen_kwargs or {}).get("max_new_tokens", max_new))
+            started = time.perf_counter()
+            texts, lengths, in_lens, out_lens = self._generate(images, questions, max_new)
+            seconds = (time.perf_counter() - started) / len(batch)
+            for text, stops, n_img, n_in, n_out in zip(texts, until, lengths, in_lens, out_lens):
+                for stop in stops:
+                    if stop:
+                        text = text.split(stop)[0]
+                log_metrics(total_elapsed_time=seconds, total_gen_tokens=int(n_out),
+                            avg_speed=n_out / seconds if seconds > 0 else 0.0,
+                            additional_metrics={"total_requests": 1, "image_tokens": n_img,
+                                                "image_tokens_sq": n_img * n_img})
+                results.append(GenerationResult(text=text.strip(), token_counts=TokenCounts(
+                    input_tokens=int(n_in), output_tokens=int(n_out))))
+        return results
+
+    def loglikelihood(self, requests):
+        raise NotImplementedError("dove_llava answers generate_until tasks only (VQA-style generation).")
+
+    def generate_until_multi_round(self, requests):
+        raise NotImplementedError("dove_llava answers generate_until tasks only (one question per image).")
