@@ -161,6 +161,39 @@ def _demo(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_export(ns) -> int:
+    from eval.compare import export_embedded, export_file
+
+    if ns.from_file:
+        task_yaml = export_file(ns.from_file, ns.output_dir, ns.task_name)
+    else:
+        task_yaml = export_embedded(ns.output_dir, ns.split, ns.num_scenes, ns.seed, ns.image_size,
+                                    ns.questions_per_scene or None, ns.task_name)
+    print(task_yaml)
+    return 0
+
+
+def _eval_compare(ns) -> int:
+    from eval.compare import LmmsEvalError, compare, comparison_table, mode_matrix, reference_accuracies
+
+    fixed_k = tuple(int(k) for k in ns.fixed_k.split(",") if k.strip()) if ns.fixed_k else ()
+    specs = mode_matrix(ns.grid_model, ns.dove_model, ns.qdove_model, fixed_k)
+    if ns.modes:
+        wanted = {m.strip() for m in ns.modes.split(",")}
+        unknown = wanted - {s.name for s in specs}
+        if unknown:
+            raise ValueError(f"--modes names {', '.join(sorted(unknown))}, not among the runnable rows "
+                             f"({', '.join(s.name for s in specs)}).")
+        specs = [s for s in specs if s.name in wanted]
+    try:
+        comparison = compare(ns.task, specs, ns.output_dir, ns.batch_size, ns.limit, reference_accuracies(specs))
+    except LmmsEvalError as err:
+        print(f"dove eval compare: lmms-eval failed: {err}", file=sys.stderr)
+        return 1
+    print(comparison_table(comparison))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from train_tokenizer.config import TrainingArguments
 
@@ -191,6 +224,31 @@ def build_parser() -> argparse.ArgumentParser:
                              "tower) or --stage lora (LoRA + projector on a DOVE / Q-DOVE tower)")
     _add_dataclass_arguments(p_llava, LlavaTrainingArguments)
     p_llava.set_defaults(func=_llava_train)
+
+    p_eval = sub.add_parser("eval", help="lmms-eval harness: export local VQA tasks, compare tower modes")
+    eval_sub = p_eval.add_subparsers(dest="eval_command", required=True)
+    p_export = eval_sub.add_parser("export", help="write a local lmms-eval VQA task (json + images + task YAML)")
+    p_export.add_argument("--output-dir", default="runs/eval_data")
+    p_export.add_argument("--from-file", default=None, help="a user VQA file (json/jsonl/parquet records "
+                          "{image, question, answer}) instead of the embedded split")
+    p_export.add_argument("--task-name", default=None)
+    p_export.add_argument("--split", default="test")
+    p_export.add_argument("--num-scenes", type=int, default=250)
+    p_export.add_argument("--questions-per-scene", type=int, default=2, help="0 = all questions of each scene")
+    p_export.add_argument("--seed", type=int, default=0)
+    p_export.add_argument("--image-size", type=int, default=32)
+    p_export.set_defaults(func=_eval_export)
+    p_cmp = eval_sub.add_parser("compare", help="run the tower modes through lmms-eval; write comparison.json/.md/.png")
+    p_cmp.add_argument("--task", required=True, help="a task YAML written by `dove eval export`")
+    p_cmp.add_argument("--grid-model", default=None, help="a `dove llava-train --stage base` folder (grid row)")
+    p_cmp.add_argument("--dove-model", default=None, help="a LoRA stage on DOVE (fixed-K and adaptive rows)")
+    p_cmp.add_argument("--qdove-model", default=None, help="a LoRA stage on Q-DOVE (query and query-null rows)")
+    p_cmp.add_argument("--fixed-k", default="", help="comma-separated K values for DOVE truncated to K tokens")
+    p_cmp.add_argument("--modes", default=None, help="comma-separated subset of the rows to run")
+    p_cmp.add_argument("--output-dir", default="runs/eval_compare")
+    p_cmp.add_argument("--batch-size", type=int, default=16)
+    p_cmp.add_argument("--limit", type=int, default=None, help="first N questions only")
+    p_cmp.set_defaults(func=_eval_compare)
 
     p_demo = sub.add_parser("demo", help="the whole pipeline at tiny scale on the embedded data")
     p_demo.add_argument("--output-dir", default="runs/demo")
