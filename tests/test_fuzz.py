@@ -352,3 +352,69 @@ def test_damaged_safetensors_never_crash_inside_torch(saved_model, tmp_path_fact
         assert str(target) in str(err), err
     else:
         event(f"{damage}: loaded (harmless damage)")
+
+
+# The local lmms-eval task (eval/tasks/dove_vqa/utils.py) ----------------------------------------------------------
+def _task_utils():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "eval" / "tasks" / "dove_vqa" / "utils.py"
+    if not path.is_file():
+        pytest.skip("the dove_vqa task is not in this checkout")
+    spec = importlib.util.spec_from_file_location("dove_vqa_task_utils", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+FIELD = st.one_of(st.none(), st.just(""), st.text(max_size=30), st.integers(-5, 5))
+
+
+VALID_RECORD = st.fixed_dictionaries({"id": st.integers(0, 99), "image": st.sampled_from(["good", "good", "corrupt"]),
+                                      "question": st.text(min_size=1, max_size=40),
+                                      "answer": st.one_of(st.text(min_size=1, max_size=20), st.integers(0, 9))})
+ANY_RECORD = st.fixed_dictionaries({}, optional={"id": FIELD, "image": st.sampled_from(
+    ["good", "corrupt", "missing", "folder", None, ""]), "question": FIELD, "answer": FIELD})
+
+
+@FUZZ
+@given(records=st.lists(st.one_of(VALID_RECORD, VALID_RECORD, VALID_RECORD, ANY_RECORD), max_size=4),
+       prediction=st.one_of(st.text(max_size=40), st.sampled_from(["Two.", "the Red circle", "", "\n\t"])),
+       pre=st.text(max_size=10), post=st.text(max_size=10))
+def test_task_loader_validates_records_and_scores_anything(task_files, records, prediction, pre, post):
+    utils = _task_utils()
+    records = [dict(r, image=task_files[r["image"]]) if r.get("image") in task_files else r for r in records]
+    note(repr(records))
+    try:
+        with no_hang():
+            utils.validate_records(records, "fuzzed data")
+    except (ValueError, FileNotFoundError) as err:
+        assert "fuzzed data" in str(err) and (not records or "record" in str(err)), err
+        event(f"refused: {type(err).__name__}")
+        return
+    event("valid records")
+    for record in records:
+        text = utils.dove_vqa_doc_to_text(record, {"pre_prompt": pre, "post_prompt": post})
+        assert text == f"{pre}{record['question']}{post}"
+        score = utils.dove_vqa_process_results(record, [prediction])
+        assert score["vqa_accuracy"] in (0.0, 100.0)
+        assert utils.dove_vqa_process_results(record, [str(record["answer"])])["vqa_accuracy"] == 100.0
+        try:
+            with no_hang():
+                (image,) = utils.dove_vqa_doc_to_visual(record)
+        except OSError as err:  # PIL's UnidentifiedImageError names the file
+            assert record["image"] in str(err), err
+            event("corrupt image refused")
+            continue
+        assert image.mode == "RGB" and image.size == (8, 6)
+
+
+@pytest.fixture(scope="module")
+def task_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("task")
+    Image.new("RGB", (8, 6), (10, 200, 30)).save(root / "good.png")
+    (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (root / "folder").mkdir()
+    return {"good": str(root / "good.png"), "corrupt": str(root / "corrupt.png"), "missing": str(root / "gone.png"),
+            "folder": str(root / "folder")}
