@@ -36,7 +36,12 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from train_tokenizer.checkpointing import latest_checkpoint, load_torch_state, load_trainer_state, save_checkpoint
+from train_tokenizer.checkpointing import (
+    latest_checkpoint,
+    load_torch_state,
+    load_trainer_state,
+    save_checkpoint,
+)
 from train_tokenizer.data import batch_indices
 from train_tokenizer.train import check_output_dir
 
@@ -352,7 +357,7 @@ def check_adapter(adapter_dir: str | os.PathLike, base_model) -> None:
     from safetensors import safe_open
 
     with safe_open(str(weights), "pt") as handle:
-        shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+        shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}  # noqa: SIM118 (not a dict)
     if not any(PROJECTOR in k for k in shapes):
         raise ValueError(f"the LoRA adapter in {adapter_dir} has no projector weights ({PROJECTOR} in "
                          "modules_to_save); without them the new tower's projector would be random. Retrain with "
@@ -628,8 +633,8 @@ def projector_dtype(projector) -> torch.dtype:
 def format_llava_report(metrics: dict, output_dir: str) -> str:
     """A short human-readable report of a `train_llava` run."""
     lines = [f"LLaVA {metrics['stage']} stage ({metrics['mode']} tower) written to {output_dir}",
-             f"{metrics['steps']} steps × batch {metrics['batch_size']} on {metrics['num_train_questions']} questions; "
-             f"{metrics['trainable_parameters']:,} trainable parameters"]
+             (f"{metrics['steps']} steps × batch {metrics['batch_size']} on {metrics['num_train_questions']} questions; "
+              f"{metrics['trainable_parameters']:,} trainable parameters")]
     ev = metrics.get("eval")
     if ev:
         per_type = ", ".join(f"{t} {100 * a:.1f}" for t, a in ev["accuracy_by_type"].items())

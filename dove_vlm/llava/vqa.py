@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from jinja2 import TemplateError
 
 from dove_vlm.data.synthetic import SPLITS, SyntheticScenes
 
@@ -168,7 +169,7 @@ def build_prompt(processor, question: str) -> str:
         conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         try:
             return template_owner.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-        except Exception:  # a text-only template that wants string content
+        except (TemplateError, TypeError, ValueError, KeyError):  # a text-only template that wants string content
             pass
     return DEFAULT_PROMPT.format(question=question)
 
@@ -215,7 +216,7 @@ def generate_answers(model, processor, records: Sequence[dict], batch_size: int 
             if image_lengths is not None:
                 lengths += [int(n) for n in torch.as_tensor(image_lengths).reshape(-1).tolist()]
             else:  # a processor without per-image counts (fixed-length towers): count the placeholders
-                image_token = getattr(processor, "image_token_id", None) or getattr(model.config, "image_token_id")
+                image_token = getattr(processor, "image_token_id", None) or model.config.image_token_id
                 lengths += (inputs["input_ids"] == image_token).sum(1).tolist()
     finally:
         tokenizer.padding_side = side

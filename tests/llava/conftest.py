@@ -4,10 +4,10 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from tests.llava.tiny_models import spread_dove  # noqa: E402
+from tests.llava.tiny_models import spread_dove
 
 # A micro text model: fast enough to train a few steps per test.
 MICRO_LLAVA = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,

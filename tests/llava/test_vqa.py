@@ -82,8 +82,8 @@ def records():
 
 
 def _model(path_dir, mode):
-    from dove_vlm.llava.training import build_processor, load_tower, vqa_texts
     from dove_vlm.llava import build_text_tokenizer, build_tiny_llava
+    from dove_vlm.llava.training import build_processor, load_tower, vqa_texts
 
     tower = load_tower(path_dir, mode)
     tokenizer = build_text_tokenizer(vqa_texts())
