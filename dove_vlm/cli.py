@@ -185,8 +185,16 @@ def _eval_compare(ns) -> int:
             raise ValueError(f"--modes names {', '.join(sorted(unknown))}, not among the runnable rows "
                              f"({', '.join(s.name for s in specs)}).")
         specs = [s for s in specs if s.name in wanted]
+    reference = reference_accuracies(specs)
+    if ns.reference_eval:  # the LLaVA evaluation (evaluate_vqa) on the same models and questions, in process
+        from eval.compare import reference_evaluation
+
+        for spec in specs:
+            accuracy = reference_evaluation(spec, ns.task, ns.batch_size, ns.limit)
+            if accuracy is not None:
+                reference[spec.name] = accuracy
     try:
-        comparison = compare(ns.task, specs, ns.output_dir, ns.batch_size, ns.limit, reference_accuracies(specs))
+        comparison = compare(ns.task, specs, ns.output_dir, ns.batch_size, ns.limit, reference)
     except LmmsEvalError as err:
         print(f"dove eval compare: lmms-eval failed: {err}", file=sys.stderr)
         return 1
@@ -248,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_cmp.add_argument("--output-dir", default="runs/eval_compare")
     p_cmp.add_argument("--batch-size", type=int, default=16)
     p_cmp.add_argument("--limit", type=int, default=None, help="first N questions only")
+    p_cmp.add_argument("--reference-eval", action="store_true", help="also score every row with dove llava-train's "
+                       "own evaluation (evaluate_vqa, in process) and report the difference")
     p_cmp.set_defaults(func=_eval_compare)
 
     p_demo = sub.add_parser("demo", help="the whole pipeline at tiny scale on the embedded data")

@@ -61,7 +61,11 @@ def export_embedded(output_dir: str | os.PathLike, split: str = "test", num_scen
             r["image"].save(image)
         records.append({"id": i, "image": str(image), "question": r["question"], "answer": r["answer"],
                         "type": r["type"], "scene": r["scene"]})
-    return _write_task(records, out, task_name)
+    task_yaml = _write_task(records, out, task_name)
+    (out / f"{task_name}.export.json").write_text(json.dumps(
+        {"split": split, "num_scenes": num_scenes, "seed": seed, "image_size": image_size,
+         "questions_per_scene": questions_per_scene}))
+    return task_yaml
 
 
 def read_records(path: str | os.PathLike) -> list[dict]:
@@ -112,6 +116,22 @@ def task_of(task_yaml: str | os.PathLike) -> tuple[str, Path]:
     raise ValueError(f"{path} has no `task:` line.")
 
 
+def check_task_data(task_yaml: str | os.PathLike) -> None:
+    """Refuse a task whose local data files are missing before lmms-eval starts (it would try the hub)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(Path(task_yaml).read_text()) or {}
+    except yaml.YAMLError:  # `!function` tags etc.: leave the checks to lmms-eval
+        return
+    files = (config.get("dataset_kwargs") or {}).get("data_files") or {}
+    for name in files.values() if isinstance(files, dict) else [files]:
+        for f in [name] if isinstance(name, str) else name:
+            if "://" not in f and not Path(f).is_file():
+                raise FileNotFoundError(f"the data file {f} of task {task_yaml} does not exist; write it with "
+                                        "`dove eval export`.")
+
+
 # --- running lmms-eval ------------------------------------------------------------------------------------
 
 
@@ -134,9 +154,10 @@ def run_lmms_eval(spec: RunSpec, tasks: list[str], include_path: Path, output_di
                   limit: int | None = None, timeout: float | None = None) -> Path:
     """Run the lmms-eval CLI on one mode; return its results file. Raises `LmmsEvalError` (with the tail of the
     log) when the run wrote no results for every task, whatever its exit code."""
+    output_dir = output_dir.resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
-    model_args = {"pretrained": str(Path(spec.pretrained).resolve()), "tower_mode": spec.mode,
-                  "batch_size": batch_size, **spec.model_args}
+    include_path = Path(include_path).resolve()
+    model_args = {"pretrained": str(Path(spec.pretrained).resolve()), "tower_mode": spec.mode, **spec.model_args}
     cmd = lmms_eval_command() + [
         "--model", "dove_llava", "--model_args", ",".join(f"{k}={v}" for k, v in model_args.items()),
         "--tasks", ",".join(tasks), "--include_path", str(include_path), "--batch_size", str(batch_size),
@@ -144,8 +165,6 @@ def run_lmms_eval(spec: RunSpec, tasks: list[str], include_path: Path, output_di
     if limit is not None:
         cmd += ["--limit", str(limit)]
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
-                                                      env.get("PYTHONPATH")]))
     log = output_dir / "lmms_eval.log"
     with open(log, "w") as handle:
         handle.write(" ".join(cmd) + "\n")
@@ -223,6 +242,7 @@ def compare(task_yaml: str | os.PathLike, specs: list[RunSpec], output_dir: str 
         the `comparison.json` content. Raises `LmmsEvalError` on the first failed run.
     """
     task, include = task_of(task_yaml)
+    check_task_data(task_yaml)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -303,3 +323,31 @@ def reference_accuracies(specs: list[RunSpec]) -> dict:
         if m.get("mode") == spec.mode and "eval" in m:
             ref[spec.name] = m["eval"]["accuracy"]
     return ref
+
+
+def reference_evaluation(spec: RunSpec, task_yaml: str | os.PathLike, batch_size: int = 64,
+                         limit: int | None = None) -> float | None:
+    """The accuracy (in [0, 1]) of `dove_vlm.llava.vqa.evaluate_vqa` (the evaluation `dove llava-train` runs) on the
+    same model, mode and questions, in this process and without lmms-eval: the embedded split is rebuilt from its
+    export parameters (original images, not the PNG files); a user file is read back. `None` for query-null
+    (`evaluate_vqa` gives a query-mode tower the question)."""
+    from dove_vlm.llava.vqa import build_vqa_split, evaluate_vqa
+    from eval.lmms_adapter import load_dove_llava, parse_tower_mode, set_tower_mode
+
+    mode, k, use_queries = parse_tower_mode(spec.mode)
+    if mode == "query" and not use_queries:
+        return None
+    task, include = task_of(task_yaml)
+    params = include.parent / f"{task}.export.json"
+    if params.is_file():
+        p = json.loads(params.read_text())
+        records = build_vqa_split(p["split"], p["num_scenes"], p["seed"], p["image_size"], p["questions_per_scene"])
+    else:
+        from PIL import Image
+
+        records = [dict(r, image=Image.open(r["image"]).convert("RGB"))
+                   for r in read_records(include.parent / f"{task}.json")]
+    records = records[:limit] if limit else records
+    model, processor = load_dove_llava(spec.pretrained)
+    set_tower_mode(model, processor, mode, k)
+    return evaluate_vqa(model, processor, records, batch_size=batch_size, use_queries=use_queries)["accuracy"]

@@ -1,0 +1,150 @@
+"""The lmms-eval harness: adapter registration and modes, local tasks, bad input, and the lmms-eval CLI itself."""
+
+import json
+import os
+
+import pytest
+
+from eval.compare import export_file, mode_matrix, read_records, task_of
+from eval.lmms_adapter import DoveLlava, load_dove_llava, parse_tower_mode, set_tower_mode
+from eval.tasks.dove_vqa.utils import dove_vqa_process_results, validate_records
+
+
+class _Request:
+    def __init__(self, args):
+        self.args = args
+
+
+def _requests(records, task="t"):
+    docs = {i: {"image": r["image"]} for i, r in enumerate(records)}
+    from eval.tasks.dove_vqa.utils import dove_vqa_doc_to_visual
+
+    reqs = [_Request((r["question"], {"max_new_tokens": 4}, dove_vqa_doc_to_visual, i, task, "test"))
+            for i, r in enumerate(records)]
+    return reqs, {task: {"test": docs}}
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("grid", ("grid", None, False)), ("adaptive", ("adaptive", None, False)), ("fixed-8", ("fixed", 8, False)),
+    ("query", ("query", None, True)), ("query-null", ("query", None, False)), ("Query_Null", ("query", None, False)),
+    (None, (None, None, None)),
+])
+def test_parse_tower_mode(value, expected):
+    assert parse_tower_mode(value) == expected
+
+
+@pytest.mark.parametrize("value, k, match", [
+    ("bogus", None, "unknown tower_mode"), ("fixed", None, "num_tokens"), ("fixed-x", None, "fixed-K"),
+    ("adaptive", 4, "only applies"),
+])
+def test_parse_tower_mode_errors(value, k, match):
+    with pytest.raises(ValueError, match=match):
+        parse_tower_mode(value, k)
+
+
+def test_entry_point_registers_the_adapter():
+    from lmms_eval.models import MODEL_REGISTRY_V2
+
+    assert MODEL_REGISTRY_V2.get_model_class("dove_llava") is DoveLlava
+
+
+def test_adapter_matches_evaluate_vqa_and_reports_tokens(llava_dir, task_yaml):
+    from dove_vlm.llava.vqa import generate_answers
+
+    records = read_records(task_yaml.parent.parent / "dove_vqa_test.json")
+    from PIL import Image
+
+    for mode, use_queries in [("query", True), ("adaptive", False)]:
+        lm = DoveLlava(pretrained=llava_dir, tower_mode=mode, batch_size=4)
+        reqs, lm.task_dict = _requests(records)
+        out = lm.generate_until(reqs)
+        model, processor = load_dove_llava(llava_dir)
+        set_tower_mode(model, processor, mode)
+        images = [{"image": Image.open(r["image"]).convert("RGB"), "question": r["question"]} for r in records]
+        answers, lengths = generate_answers(model, processor, images, batch_size=3, use_queries=use_queries)
+        assert [o.text for o in out] == answers
+        assert all(o.token_counts.input_tokens > n for o, n in zip(out, lengths))
+    null = DoveLlava(pretrained=llava_dir, tower_mode="query-null")
+    assert null.tower.supports_queries and not null.use_queries
+
+
+def test_grid_mode_on_a_token_model_is_refused(llava_dir):
+    with pytest.raises(ValueError, match="projector"):
+        DoveLlava(pretrained=llava_dir, tower_mode="grid")
+    with pytest.raises(FileNotFoundError):
+        DoveLlava(pretrained=llava_dir + "_missing")
+
+
+@pytest.mark.parametrize("prediction, answer, score", [
+    ("Two.", "2", 100.0), ("the Red", "red", 100.0), ("  YES!", "yes", 100.0), ("left", "right", 0.0), ("", "3", 0.0),
+])
+def test_answers_scored_with_vqa_normalisation(prediction, answer, score):
+    assert dove_vqa_process_results({"answer": answer}, [prediction]) == {"vqa_accuracy": score}
+
+
+def test_bad_task_files(tmp_path, task_yaml):
+    image = read_records(task_yaml.parent.parent / "dove_vqa_test.json")[0]["image"]
+    (tmp_path / "empty.json").write_text("[]")
+    with pytest.raises(ValueError, match="empty"):
+        export_file(tmp_path / "empty.json", tmp_path / "out")
+    (tmp_path / "nofield.json").write_text(json.dumps([{"image": image, "question": "what?"}]))
+    with pytest.raises(ValueError, match="lacks answer"):
+        export_file(tmp_path / "nofield.json", tmp_path / "out")
+    (tmp_path / "noimage.json").write_text(json.dumps([{"image": "nope.png", "question": "q", "answer": "a"}]))
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        export_file(tmp_path / "noimage.json", tmp_path / "out")
+    with pytest.raises(ValueError, match="empty"):
+        validate_records([])
+    # a user file with a relative image path, in the same format as the export
+    (tmp_path / "img.png").write_bytes(open(image, "rb").read())
+    (tmp_path / "mine.json").write_text(json.dumps([{"image": "img.png", "question": "what colour ?", "answer": "Red"}]))
+    yaml = export_file(tmp_path / "mine.json", tmp_path / "out", task_name="mine")
+    assert task_of(yaml)[0] == "mine"
+    assert json.loads((tmp_path / "out" / "mine.json").read_text())[0]["image"] == str(tmp_path / "img.png")
+    with pytest.raises(ValueError, match="nothing to compare"):
+        mode_matrix()
+
+
+def test_lmms_eval_cli_comparison(llava_dir, task_yaml, tmp_path):
+    """`dove eval compare` runs lmms-eval's command line (a subprocess; one mode, four questions), reads its results
+    file, and matches the LLaVA evaluation (`evaluate_vqa`) on the same model and questions."""
+    from dove_vlm.cli import main
+
+    out = tmp_path / "cmp"
+    code = main(["eval", "compare", "--task", str(task_yaml), "--qdove-model", llava_dir, "--modes", "query",
+                 "--output-dir", str(out), "--batch-size", "4", "--limit", "4", "--reference-eval"])
+    assert code == 0, (out / "runs" / "query" / "lmms_eval.log").read_text()[-3000:]
+    row = json.loads((out / "comparison.json").read_text())["rows"][0]
+    assert row["name"] == "query" and row["num_samples"] == 4 and row["tokens_per_image_mean"] >= 1
+    assert row["accuracy_minus_reference"] == 0
+    results = json.loads(open(row["results_file"]).read())
+    assert results["throughput"]["avg_image_tokens"] == row["tokens_per_image_mean"]
+    assert results["efficiency"]["overall"]["docs_with_token_counts"] == 4
+    assert "| query |" in (out / "comparison.md").read_text() and (out / "accuracy_vs_tokens.png").is_file()
+
+
+def test_failed_runs_exit_non_zero_with_the_cause(llava_dir, task_yaml, tmp_path, monkeypatch, capsys):
+    """lmms-eval can exit 0 after a failure: `dove eval` reads the results file instead. Here a stand-in
+    `lmms-eval` prints a traceback and exits 0 without results (the real one does so when the model raises)."""
+    from dove_vlm.cli import main
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "lmms-eval"
+    fake.write_text("#!/bin/sh\necho 'Traceback (most recent call last):'\necho 'RuntimeError: the model raised'\n"
+                    "exit 0\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    code = main(["eval", "compare", "--task", str(task_yaml), "--qdove-model", llava_dir, "--modes", "query",
+                 "--output-dir", str(tmp_path / "bad")])
+    err = capsys.readouterr().err
+    assert code == 1 and "wrote no results" in err and "exit code 0" in err and "the model raised" in err
+    # missing task data: refused before lmms-eval starts
+    missing = tmp_path / "tasks" / "gone.yaml"
+    missing.parent.mkdir()
+    missing.write_text(f"task: gone\ninclude: x\ndataset_kwargs:\n  data_files:\n    test: {tmp_path}/gone.json\n")
+    code = main(["eval", "compare", "--task", str(missing), "--qdove-model", llava_dir, "--output-dir",
+                 str(tmp_path / "cmp2")])
+    assert code != 0 and "gone.json" in capsys.readouterr().err
+    assert main(["eval", "compare", "--task", str(task_yaml), "--qdove-model", llava_dir, "--modes", "bogus"]) == 2
+    assert "bogus" in capsys.readouterr().err
