@@ -155,6 +155,11 @@ def _demo(ns: argparse.Namespace) -> int:
     query_args = TrainingArguments(output_dir=str(output_dir / "qdove"), preset="tiny", seed=ns.seed, resume=True,
                                    query=True, init_from=dove_args.output_dir, **QDOVE_DEMO_SCHEDULE)
     reports.append(format_report(train(query_args), query_args.output_dir))
+    from eval.compare import demo_comparison  # the closing report: accuracy vs tokens per image through lmms-eval
+
+    comparison = demo_comparison(output_dir, seed=ns.seed)
+    if comparison:
+        reports.append(comparison)
     report = "\n\n".join(reports) + f"\n\ndemo finished in {time.time() - started:.0f} s"
     (output_dir / "report.md").write_text("# dove demo report\n\n```\n" + report + "\n```\n")
     print("\n" + report)

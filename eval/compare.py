@@ -351,3 +351,28 @@ def reference_evaluation(spec: RunSpec, task_yaml: str | os.PathLike, batch_size
     model, processor = load_dove_llava(spec.pretrained)
     set_tower_mode(model, processor, mode, k)
     return evaluate_vqa(model, processor, records, batch_size=batch_size, use_queries=use_queries)["accuracy"]
+
+
+def demo_comparison(demo_dir: str | os.PathLike, seed: int = 0, fixed_k: tuple[int, ...] = (8, 16),
+                    num_scenes: int = 250, questions_per_scene: int = 2, log=print) -> str | None:
+    """The closing report of `dove demo`: the lmms-eval comparison over the demo's LLaVA stages
+    (`llava_base` → grid, `llava_dove` → fixed-K and adaptive, `llava_qdove` → query and query-null) on the
+    embedded test split that `dove llava-train` scores (same scenes, same questions). Returns the markdown
+    section, or `None` when no LLaVA stage is there; a failed run is reported, not raised."""
+    root = Path(demo_dir)
+    stages = {name: root / name for name in ("llava_base", "llava_dove", "llava_qdove")}
+    present = {name: str(path) for name, path in stages.items() if (path / "metrics.json").is_file()}
+    if not present:
+        return None
+    try:
+        import lmms_eval  # noqa: F401
+    except ImportError:
+        return "## lmms-eval comparison\n\nskipped: lmms-eval is not installed (see docs/evaluation.md)."
+    task_yaml = export_embedded(root / "eval_data", "test", num_scenes, seed, 32, questions_per_scene)
+    specs = mode_matrix(present.get("llava_base"), present.get("llava_dove"), present.get("llava_qdove"), fixed_k)
+    try:
+        comparison = compare(task_yaml, specs, root / "eval_compare", reference=reference_accuracies(specs), log=log)
+    except LmmsEvalError as err:
+        return f"## lmms-eval comparison\n\nfailed: {err}"
+    return (f"## lmms-eval comparison ({comparison['task']}, {root / 'eval_compare'})\n\n"
+            + comparison_table(comparison))

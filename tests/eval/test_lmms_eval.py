@@ -148,3 +148,9 @@ def test_failed_runs_exit_non_zero_with_the_cause(llava_dir, task_yaml, tmp_path
     assert code != 0 and "gone.json" in capsys.readouterr().err
     assert main(["eval", "compare", "--task", str(task_yaml), "--qdove-model", llava_dir, "--modes", "bogus"]) == 2
     assert "bogus" in capsys.readouterr().err
+
+
+def test_demo_comparison_without_llava_stages(tmp_path):
+    from eval.compare import demo_comparison
+
+    assert demo_comparison(tmp_path) is None
