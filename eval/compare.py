@@ -169,7 +169,7 @@ def run_lmms_eval(spec: RunSpec, tasks: list[str], include_path: Path, output_di
     with open(log, "w") as handle:
         handle.write(" ".join(cmd) + "\n")
         handle.flush()
-        proc = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, timeout=timeout)
+        proc = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, timeout=timeout, check=False)
     files = sorted(glob.glob(str(output_dir / "**" / "*_results.json"), recursive=True), key=os.path.getmtime)
     if not files:
         raise LmmsEvalError(f"lmms-eval wrote no results for {spec.name} (exit code {proc.returncode}); cause:\n"

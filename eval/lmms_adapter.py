@@ -75,7 +75,7 @@ def load_dove_llava(pretrained: str, base_model: str | None = None, merged: bool
     model = DoveLlavaForConditionalGeneration.from_pretrained(root).eval()
     tower = model.model.vision_tower
     if not isinstance(tower, DoveVisionTower):
-        raise ValueError(f"{root} has a {type(tower).__name__} vision tower, not a DOVE tower.")
+        raise TypeError(f"{root} has a {type(tower).__name__} vision tower, not a DOVE tower.")
     return model, build_processor(tower, load_tokenizer(str(root)))
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -96,7 +97,7 @@ def test_bad_task_files(tmp_path, task_yaml):
     with pytest.raises(ValueError, match="empty"):
         validate_records([])
     # a user file with a relative image path, in the same format as the export
-    (tmp_path / "img.png").write_bytes(open(image, "rb").read())
+    (tmp_path / "img.png").write_bytes(Path(image).read_bytes())
     (tmp_path / "mine.json").write_text(json.dumps([{"image": "img.png", "question": "what colour ?", "answer": "Red"}]))
     yaml = export_file(tmp_path / "mine.json", tmp_path / "out", task_name="mine")
     assert task_of(yaml)[0] == "mine"
@@ -117,7 +118,7 @@ def test_lmms_eval_cli_comparison(llava_dir, task_yaml, tmp_path):
     row = json.loads((out / "comparison.json").read_text())["rows"][0]
     assert row["name"] == "query" and row["num_samples"] == 4 and row["tokens_per_image_mean"] >= 1
     assert row["accuracy_minus_reference"] == 0
-    results = json.loads(open(row["results_file"]).read())
+    results = json.loads(Path(row["results_file"]).read_text())
     assert results["throughput"]["avg_image_tokens"] == row["tokens_per_image_mean"]
     assert results["efficiency"]["overall"]["docs_with_token_counts"] == 4
     assert "| query |" in (out / "comparison.md").read_text() and (out / "accuracy_vs_tokens.png").is_file()
