@@ -143,27 +143,31 @@ class DoveLlava(lmms):
 
     @torch.no_grad()
     def _generate(self, images: list, questions: list[str], max_new_tokens: int):
+        """Greedy answers, image-token counts, prompt lengths and answer lengths of one batch. The tower runs once:
+        its features give the counts to the processor (`image_lengths`) and go to `generate` as
+        `mm_encoder_outputs` (the same answers as passing pixels, without a second tower pass)."""
         from dove_vlm.llava.vqa import build_prompt
 
+        queries = list(questions) if self.use_queries else [None] * len(questions)
+        pixel_values = self.processor.image_processor(images, return_tensors="pt")["pixel_values"].to(self.device)
+        features = _base_model(self.model).get_image_features(
+            pixel_values=pixel_values, image_queries=queries if self.use_queries else None)
+        lengths = [int(n) for n in features.lengths.reshape(-1).tolist()]
         tokenizer = self.processor.tokenizer
         side, tokenizer.padding_side = tokenizer.padding_side, "left"
         try:
-            queries = list(questions) if self.use_queries else [None] * len(questions)
             inputs = self.processor(images=images, text=[build_prompt(self.processor, q) for q in questions],
-                                    image_queries=queries, return_tensors="pt", padding=True)
+                                    image_queries=queries, image_lengths=lengths, return_tensors="pt", padding=True)
         finally:
             tokenizer.padding_side = side
-        lengths = [int(n) for n in torch.as_tensor(inputs.pop("image_lengths")).reshape(-1).tolist()]
-        queries = inputs.pop("image_queries", None)
-        inputs = {k: v.to(self.device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
-        if queries is not None and any(q is not None for q in queries):
-            inputs["image_queries"] = list(queries)
-        output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                     pad_token_id=tokenizer.pad_token_id)
-        new_tokens = output[:, inputs["input_ids"].shape[1]:]
+        input_ids, attention_mask = inputs["input_ids"].to(self.device), inputs["attention_mask"].to(self.device)
+        output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                     mm_encoder_outputs={"image": features}, max_new_tokens=max_new_tokens,
+                                     do_sample=False, num_beams=1, pad_token_id=tokenizer.pad_token_id)
+        new_tokens = output[:, input_ids.shape[1]:]
         texts = [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
         out_lens = (new_tokens != tokenizer.pad_token_id).sum(1).tolist()
-        in_lens = inputs["attention_mask"].sum(1).tolist()
+        in_lens = attention_mask.sum(1).tolist()
         return texts, lengths, in_lens, out_lens
 
     def generate_until(self, requests) -> list[GenerationResult]:
