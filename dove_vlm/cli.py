@@ -142,6 +142,7 @@ QDOVE_DEMO_SCHEDULE = dict(max_steps=2500, warmup_steps=50, eos_weight_start=0.1
 
 
 def _demo(ns: argparse.Namespace) -> int:
+    from eval.compare import demo_comparison
     from train_tokenizer.config import TrainingArguments
     from train_tokenizer.train import train
 
@@ -155,9 +156,7 @@ def _demo(ns: argparse.Namespace) -> int:
     query_args = TrainingArguments(output_dir=str(output_dir / "qdove"), preset="tiny", seed=ns.seed, resume=True,
                                    query=True, init_from=dove_args.output_dir, **QDOVE_DEMO_SCHEDULE)
     reports.append(format_report(train(query_args), query_args.output_dir))
-    from eval.compare import demo_comparison  # the closing report: accuracy vs tokens per image through lmms-eval
-
-    comparison = demo_comparison(output_dir, seed=ns.seed)
+    comparison = demo_comparison(output_dir, seed=ns.seed)  # closing report: accuracy vs tokens through lmms-eval
     if comparison:
         reports.append(comparison)
     report = "\n\n".join(reports) + f"\n\ndemo finished in {time.time() - started:.0f} s"
@@ -199,7 +198,8 @@ def _eval_compare(ns) -> int:
             if accuracy is not None:
                 reference[spec.name] = accuracy
     try:
-        comparison = compare(ns.task, specs, ns.output_dir, ns.batch_size, ns.limit, reference)
+        comparison = compare(ns.task, specs, ns.output_dir, ns.batch_size, ns.limit, reference,
+                             side_by_side=not ns.no_side_by_side)
     except LmmsEvalError as err:
         print(f"dove eval compare: lmms-eval failed: {err}", file=sys.stderr)
         return 1
@@ -261,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_cmp.add_argument("--output-dir", default="runs/eval_compare")
     p_cmp.add_argument("--batch-size", type=int, default=16)
     p_cmp.add_argument("--limit", type=int, default=None, help="first N questions only")
+    p_cmp.add_argument("--no-side-by-side", action="store_true", help="skip the interleaved in-process timing of all "
+                       "rows (the speed-ups then come from the separate lmms-eval runs)")
     p_cmp.add_argument("--reference-eval", action="store_true", help="also score every row with dove llava-train's "
                        "own evaluation (evaluate_vqa, in process) and report the difference")
     p_cmp.set_defaults(func=_eval_compare)

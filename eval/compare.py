@@ -231,12 +231,14 @@ def mode_matrix(grid_model: str | None = None, dove_model: str | None = None, qd
 
 
 def compare(task_yaml: str | os.PathLike, specs: list[RunSpec], output_dir: str | os.PathLike, batch_size: int = 16,
-            limit: int | None = None, reference: dict | None = None, log=print) -> dict:
+            limit: int | None = None, reference: dict | None = None, side_by_side: bool = True, log=print) -> dict:
     """Run every spec through lmms-eval on one task and write the comparison files into `output_dir`.
 
     Args:
         reference: optional `{row name: accuracy in [0, 1]}` from another evaluation (e.g. `dove llava-train`'s
             metrics.json), reported next to the lmms-eval accuracy as a difference in points.
+        side_by_side: also time all rows in one process, interleaved (`side_by_side_latency`); the speed-ups
+            vs grid then come from it (lmms-eval's `avg_latency` of separate runs drifts with the machine's load).
 
     Returns:
         the `comparison.json` content. Raises `LmmsEvalError` on the first failed run.
@@ -259,11 +261,16 @@ def compare(task_yaml: str | os.PathLike, specs: list[RunSpec], output_dir: str 
         rows.append(row)
         log(f"[dove eval] {spec.name}: accuracy {row['accuracy']:.1f}, tokens/image {row['tokens_per_image_mean']:.1f}"
             f", {1000 * row['seconds_per_sample']:.1f} ms/sample")
+    if side_by_side:
+        log("[dove eval] latency: all rows side by side in one process, interleaved batch by batch")
+        for row, seconds in zip(rows, side_by_side_latency(specs, task_yaml, batch_size, limit).values()):
+            row["side_by_side_seconds_per_sample"] = seconds
     grid = next((r for r in rows if r["mode"] == "grid"), None)
+    key = "side_by_side_seconds_per_sample" if side_by_side else "seconds_per_sample"
     for row in rows:
         if grid:
             row["tokens_vs_grid"] = row["tokens_per_image_mean"] / grid["tokens_per_image_mean"]
-            row["speedup_vs_grid"] = grid["seconds_per_sample"] / row["seconds_per_sample"]
+            row["speedup_vs_grid"] = grid[key] / row[key]
     comparison = {"task": task, "task_file": str(Path(task_yaml).resolve()), "batch_size": batch_size, "limit": limit,
                   "rows": rows, "seconds": time.time() - started}
     (out / "comparison.json").write_text(json.dumps(comparison, indent=2))
@@ -276,14 +283,17 @@ def compare(task_yaml: str | os.PathLike, specs: list[RunSpec], output_dir: str 
 def comparison_table(comparison: dict) -> str:
     """The markdown table: accuracy, mean ± std tokens per image, latency per sample and its ratio to grid."""
     has_ref = any("reference_accuracy" in r for r in comparison["rows"])
-    head = "| mode | accuracy | tokens / image | latency / sample | speed-up vs grid |" + (
+    side = any("side_by_side_seconds_per_sample" in r for r in comparison["rows"])
+    head = ("| mode | accuracy | tokens / image | latency / sample (lmms-eval run) |"
+            + (" latency / sample (side by side) |" if side else "") + " speed-up vs grid |") + (
         " reference accuracy |" if has_ref else "")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in comparison["rows"]:
         std = f" ± {r['tokens_per_image_std']:.1f}" if r.get("tokens_per_image_std") is not None else ""
         speed = f"{r['speedup_vs_grid']:.2f}×" if "speedup_vs_grid" in r else "—"
         line = (f"| {r['name']} | {r['accuracy']:.1f} | {r['tokens_per_image_mean']:.1f}{std} | "
-                f"{1000 * r['seconds_per_sample']:.1f} ms | {speed} |")
+                f"{1000 * r['seconds_per_sample']:.1f} ms |"
+                + (f" {1000 * r['side_by_side_seconds_per_sample']:.1f} ms |" if side else "") + f" {speed} |")
         if has_ref:
             line += (f" {r['reference_accuracy']:.1f} ({r['accuracy_minus_reference']:+.1f}) |"
                      if "reference_accuracy" in r else " — |")
@@ -376,3 +386,30 @@ def demo_comparison(demo_dir: str | os.PathLike, seed: int = 0, fixed_k: tuple[i
         return f"## lmms-eval comparison\n\nfailed: {err}"
     return (f"## lmms-eval comparison ({comparison['task']}, {root / 'eval_compare'})\n\n"
             + comparison_table(comparison))
+
+
+def side_by_side_latency(specs: list[RunSpec], task_yaml: str | os.PathLike, batch_size: int = 16,
+                         limit: int | None = None) -> dict:
+    """Seconds per sample of every row, measured in one process with the rows interleaved batch by batch (the
+    adapter's own `_generate`: tower, processor and greedy generation), so that a shared machine's load drifts
+    alike for all rows; the ratios to grid come from here."""
+    from PIL import Image
+
+    from eval.lmms_adapter import DoveLlava
+
+    task, include = task_of(task_yaml)
+    records = read_records(include.parent / f"{task}.json")[:limit] if limit else read_records(
+        include.parent / f"{task}.json")
+    models = {s.name: DoveLlava(pretrained=s.pretrained, tower_mode=s.mode, batch_size=batch_size, **s.model_args)
+              for s in specs}
+    totals = dict.fromkeys(models, 0.0)
+    for b, start in enumerate(range(0, len(records), batch_size)):
+        batch = records[start : start + batch_size]
+        images = [Image.open(r["image"]).convert("RGB") for r in batch]
+        questions = [r["question"] for r in batch]
+        names = list(models)
+        for name in names[b % len(names):] + names[: b % len(names)]:  # rotate the order every batch
+            t0 = time.perf_counter()
+            models[name]._generate(images, questions, 4)
+            totals[name] += time.perf_counter() - t0
+    return {name: total / len(records) for name, total in totals.items()}
