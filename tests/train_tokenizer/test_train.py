@@ -93,7 +93,7 @@ def test_bad_training_arguments():
 def test_query_training_from_a_dove_checkpoint_and_resume(tmp_path):
     train_module.train(micro_args(tmp_path / "dove", max_steps=2))
     args = micro_args(tmp_path / "qdove", query=True, init_from=str(tmp_path / "dove"), eval_scenes=6, max_steps=4,
-                      freeze_decoder=True)
+                      freeze_decoder=True, query_threshold="teacher")
     metrics = train_module.train(args)
     q = metrics["query_eval"]
     assert q["num_images"] > 0 and "null_over_plain_tokens" in q and "in_box_psnr_query_minus_null" in q
