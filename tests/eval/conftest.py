@@ -5,12 +5,12 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 pytest.importorskip("lmms_eval")
 
-from tests.llava.tiny_models import make_llava, make_tower  # noqa: E402
+from tests.llava.tiny_models import make_llava, make_tower
 
 
 @pytest.fixture(scope="session")
