@@ -318,6 +318,7 @@ class DoveVisionTower(PreTrainedModel):
     @classmethod
     def _load_tower(cls, source, model_args, **kwargs):
         want_info = kwargs.pop("output_loading_info", False)
+        kwargs.setdefault("use_safetensors", True)  # never unpickle a `pytorch_model.bin` someone handed over
         tower, info = super().from_pretrained(source, *model_args, output_loading_info=True, **kwargs)
         bad = {k: list(v)[:3] for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
         if bad:

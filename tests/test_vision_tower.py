@@ -193,3 +193,15 @@ def test_clear_errors(dove, qdove, images, tmp_path):
     with pytest.raises(ValueError, match="got 2 queries for 8 images"):
         make_tower("query", dove=qdove)(images, queries=QUESTIONS[:2])
 
+
+
+def test_pickled_weights_are_never_loaded(dove, tmp_path):
+    """A tower folder whose weights come only as a pickle (`pytorch_model.bin`) is refused, not unpickled."""
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "tower"
+    make_tower("adaptive", dove=dove).save_pretrained(folder)
+    torch.save(load_file(str(folder / "model.safetensors")), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(OSError, match="safetensors"):
+        DoveVisionTower.from_pretrained(folder)

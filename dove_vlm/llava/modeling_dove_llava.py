@@ -254,6 +254,7 @@ class DoveLlavaForConditionalGeneration(LlavaForConditionalGeneration):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """`PreTrainedModel.from_pretrained`; a DOVE tower comes back frozen with its query tokenizer."""
+        kwargs.setdefault("use_safetensors", True)  # never unpickle a `pytorch_model.bin` someone handed over
         model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         loaded = model[0] if isinstance(model, tuple) else model
         tower = loaded.model.vision_tower
