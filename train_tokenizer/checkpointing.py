@@ -147,6 +147,15 @@ def save_checkpoint(
     return final
 
 
+def resume_point(output_dir: str | os.PathLike, resume: bool, log=print) -> tuple[Path | None, dict[str, Any]]:
+    """`(latest complete checkpoint, its trainer state)` when resuming, else `(None, {})`; says so when `resume` is
+    asked for but nothing complete is there (the run then starts from scratch)."""
+    checkpoint = latest_checkpoint(output_dir) if resume else None
+    if resume and checkpoint is None:
+        log(f"--resume: no complete checkpoint in {output_dir}, starting from scratch.")
+    return checkpoint, (load_trainer_state(checkpoint) if checkpoint else {})
+
+
 def load_trainer_state(checkpoint: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
     """`trainer_state.json` of a checkpoint; with `verify`, every file listed in it must still have the SHA-256
     it was written with (a truncated or tampered file is named in a ValueError)."""

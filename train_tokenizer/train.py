@@ -19,13 +19,19 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from dove_vlm import DoveModel, preset_config
-from dove_vlm.image_processing_dove import DoveImageProcessor
 from dove_vlm.data.grounding import load_visual_genome
+from dove_vlm.image_processing_dove import DoveImageProcessor
 from dove_vlm.pretrained import load_generator, load_vqgan
 from dove_vlm.query_tokenizer import default_query_tokenizer
 
-from .checkpointing import (latest_checkpoint, load_safetensors_state, load_torch_state, load_trainer_state,
-                            save_checkpoint)
+from .checkpointing import (
+    latest_checkpoint,
+    load_safetensors_state,
+    load_torch_state,
+    load_trainer_state,
+    resume_point,
+    save_checkpoint,
+)
 from .config import TrainingArguments
 from .data import batch_indices, build_training_dataset, get_batch
 from .evaluate import evaluate_queries, evaluate_tokenizer
@@ -143,10 +149,7 @@ def train(args: TrainingArguments) -> dict:
         mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.gradient_accumulation_steps
     )
     set_seed(args.seed)
-    resume_from = latest_checkpoint(output_dir) if args.resume else None
-    if args.resume and resume_from is None:
-        accelerator.print(f"--resume: no complete checkpoint in {output_dir}, starting from scratch.")
-    state = load_trainer_state(resume_from) if resume_from else {}
+    resume_from, state = resume_point(output_dir, args.resume, accelerator.print)
     start_step = state.get("step", 0)
 
     model = build_model(args, resume_from)

@@ -37,9 +37,8 @@ from transformers import get_cosine_schedule_with_warmup
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from train_tokenizer.checkpointing import (
-    latest_checkpoint,
     load_torch_state,
-    load_trainer_state,
+    resume_point,
     save_checkpoint,
 )
 from train_tokenizer.data import batch_indices
@@ -511,10 +510,7 @@ def train_llava(args: LlavaTrainingArguments) -> dict:
     accelerator = Accelerator(mixed_precision=args.mixed_precision,
                               gradient_accumulation_steps=args.gradient_accumulation_steps)
     set_seed(args.seed)
-    resume_from = latest_checkpoint(output_dir) if args.resume else None
-    if args.resume and resume_from is None:
-        accelerator.print(f"--resume: no complete checkpoint in {output_dir}, starting from scratch.")
-    state = load_trainer_state(resume_from) if resume_from else {}
+    resume_from, state = resume_point(output_dir, args.resume, accelerator.print)
     start_step = state.get("step", 0)
 
     model, tower, processor = build_model(args, resume_from)
