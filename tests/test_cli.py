@@ -71,3 +71,10 @@ def test_encode_with_query_batches_and_plain_model_refuses_queries(micro_model, 
     assert main(["encode", paths[0], "--model", str(tmp_path / "model"), "--query", "the red circle"]) == 2
     assert "trained without text queries" in capsys.readouterr().err
     assert main(["encode", paths[0], "--model", str(tmp_path / "model"), "--query", "  "]) == 0
+
+
+def test_demo_llava_stages_are_opt_in():
+    from dove_vlm.cli import build_parser
+
+    assert build_parser().parse_args(["demo"]).llava is False
+    assert build_parser().parse_args(["demo", "--llava", "--output-dir", "x"]).llava is True
