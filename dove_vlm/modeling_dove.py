@@ -566,6 +566,7 @@ class DoveModel(DovePreTrainedModel):
         chunk_size: int | None = None,
         prefix: DovePrefix | None = None,
         output_hidden_states: bool = False,
+        latents: torch.Tensor | None = None,
     ) -> DoveEncoderOutput:
         """Images → variable-length continuous tokens, in one parallel causal pass.
 
@@ -584,6 +585,8 @@ class DoveModel(DovePreTrainedModel):
                 doubling (see `chunk_schedule`).
             prefix ([`DovePrefix`], *optional*): the cached visual prefix of `encode_prefix`; with one image and
                 several queries, the image is reused for every query.
+            latents (`(B, C, h, w)`, *optional*): VQGAN latents already computed for these images (e.g. by a model
+                sharing this VQGAN); the encoder is skipped. Give pixel_values, prefix or latents.
             output_hidden_states (`bool`): also return the generator hidden states of the kept slots (`(B, L, d)`,
                 from the same pass).
         """
@@ -607,8 +610,14 @@ class DoveModel(DovePreTrainedModel):
                 raise ValueError(f"the prefix holds {prefix.batch_size} images but {count} queries were given.")
             prefix = prefix.expand(count if prefix.batch_size == 1 else 1)
             latents = prefix.latents
+        elif latents is not None:
+            if pixel_values is not None:
+                raise ValueError("pass either pixel_values or latents, not both.")
+            c, side = self.config.latent_channels, self.config.latent_size
+            if latents.ndim != 4 or tuple(latents.shape[1:]) != (c, side, side) or latents.shape[0] == 0:
+                raise ValueError(f"latents must have shape (batch, {c}, {side}, {side}); got {tuple(latents.shape)}.")
         elif pixel_values is None:
-            raise ValueError("encode needs pixel_values (or a prefix from encode_prefix).")
+            raise ValueError("encode needs pixel_values (or a prefix from encode_prefix, or latents).")
         else:
             latents = self.encode_latents(pixel_values)
         batch = latents.shape[0]

@@ -139,3 +139,15 @@ def test_chunk_schedule_covers_every_slot_once():
     assert chunk_schedule(3, None) == [1, 2]
     for n in range(1, 70):
         assert sum(chunk_schedule(n, None)) == n and sum(chunk_schedule(n, 5)) == n
+
+
+def test_encode_from_precomputed_latents_equals_encode_from_pixels(query_model, images):
+    with torch.no_grad():
+        from_pixels = query_model.encode(images, queries="the red circle")
+        from_latents = query_model.encode(latents=from_pixels.latents, queries="the red circle")
+    assert torch.equal(from_pixels.lengths, from_latents.lengths)
+    torch.testing.assert_close(from_latents.tokens, from_pixels.tokens, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="latents must have shape"):
+        query_model.encode(latents=from_pixels.latents[:, :2])
+    with pytest.raises(ValueError, match="not both"):
+        query_model.encode(images, latents=from_pixels.latents)

@@ -252,7 +252,8 @@ def train(args: TrainingArguments) -> dict:
                 teacher_p = None
                 if teacher is not None:
                     with torch.no_grad():
-                        teacher_enc = teacher.encode(images)
+                        # Same frozen VQGAN as the student: reuse its latents (batched) instead of re-encoding.
+                        teacher_enc = teacher.encode(latents=out.latents.detach())
                         teacher_p = teacher_enc.p_eos
                         anchored = adaptive & queried
                         if args.query_threshold == "teacher" and anchored.any():
