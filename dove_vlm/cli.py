@@ -44,12 +44,17 @@ def json_object(text: str) -> dict:
     return value
 
 
+def _from_namespace(cls, ns: argparse.Namespace):
+    """The arguments dataclass `cls` built from the parsed flags that `_add_dataclass_arguments` added for it."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in vars(ns).items() if k in names})
+
+
 def _train(ns: argparse.Namespace) -> int:
     from train_tokenizer.config import TrainingArguments
     from train_tokenizer.train import train
 
-    names = {f.name for f in dataclasses.fields(TrainingArguments)}
-    args = TrainingArguments(**{k: v for k, v in vars(ns).items() if k in names})
+    args = _from_namespace(TrainingArguments, ns)
     metrics = train(args)
     print(format_report(metrics, args.output_dir))
     return 0
@@ -58,8 +63,7 @@ def _train(ns: argparse.Namespace) -> int:
 def _llava_train(ns: argparse.Namespace) -> int:
     from .llava.training import LlavaTrainingArguments, format_llava_report, train_llava
 
-    names = {f.name for f in dataclasses.fields(LlavaTrainingArguments)}
-    args = LlavaTrainingArguments(**{k: v for k, v in vars(ns).items() if k in names})
+    args = _from_namespace(LlavaTrainingArguments, ns)
     metrics = train_llava(args)
     print(format_llava_report(metrics, args.output_dir))
     return 0
