@@ -39,6 +39,10 @@ class DoveConfig(PretrainedConfig):
         num_channels (`int`, defaults to 3): image channels.
         vqgan_config (`dict`, *optional*): keyword arguments of `diffusers.VQModel`; defaults to the aMUSEd VQGAN.
         freeze_vqgan (`bool`, defaults to `True`): keep the VQGAN frozen (no gradients, eval mode) while training.
+        batch_invariant (`bool`, defaults to `True`): in eval mode on CPU, run the VQGAN encoder one image at a
+            time so an image's tokens are bit-identical whatever its batch (oneDNN picks its convolution
+            algorithm by batch size). `False` keeps the batched call: about 2.5x faster on CPU, with
+            differences in the last bits between batch sizes. GPUs and training always use the batched call.
         hidden_size / num_hidden_layers / num_attention_heads / intermediate_size: the causal generator
             (a GPTNeoX; Pythia-70M is 512 / 6 / 8 / 2048).
         rotary_pct (`float`, defaults to 0.25): share of head dims with rotary position embeddings (Pythia's).
@@ -65,6 +69,7 @@ class DoveConfig(PretrainedConfig):
         num_channels: int = 3,
         vqgan_config: dict[str, Any] | None = None,
         freeze_vqgan: bool = True,
+        batch_invariant: bool = True,
         hidden_size: int = 512,
         num_hidden_layers: int = 6,
         num_attention_heads: int = 8,
@@ -90,6 +95,7 @@ class DoveConfig(PretrainedConfig):
         self.num_channels = num_channels
         self.vqgan_config = copy.deepcopy(vqgan_config if vqgan_config is not None else AMUSED_VQGAN_CONFIG)
         self.freeze_vqgan = freeze_vqgan
+        self.batch_invariant = batch_invariant
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
         self.num_attention_heads = num_attention_heads

@@ -340,13 +340,14 @@ class DoveModel(DovePreTrainedModel):
     def encode_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """VQGAN encoder: pixels `(B, 3, H, W)` in [-1, 1] → continuous latents `(B, C, h, w)`.
 
-        Floating pixels of another dtype are cast to the VQGAN's. In eval mode on CPU the images go through the
-        encoder one at a time: oneDNN picks its convolution algorithm by batch size, so a batched call can differ
-        from single images in the last bits; per image, an image's tokens never depend on its batch (training
-        keeps the faster batched call)."""
+        Floating pixels of another dtype are cast to the VQGAN's. With `config.batch_invariant` (the default), in
+        eval mode on CPU the images go through the encoder one at a time: oneDNN picks its convolution algorithm
+        by batch size, so a batched call can differ from single images in the last bits; per image, an image's
+        tokens never depend on its batch (training keeps the faster batched call)."""
         pixel_values = self._check_pixels(pixel_values)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_vqgan):
-            if self.training or pixel_values.device.type != "cpu" or pixel_values.shape[0] == 1:
+            batched = self.training or not getattr(self.config, "batch_invariant", True)
+            if batched or pixel_values.device.type != "cpu" or pixel_values.shape[0] == 1:
                 return self.vqgan.encode(pixel_values).latents
             return torch.cat([self.vqgan.encode(image[None]).latents for image in pixel_values])
 

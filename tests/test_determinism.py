@@ -88,3 +88,22 @@ def test_grouped_query_batches_keep_every_output_field(models):
     torch.testing.assert_close(out.latents, model.encode_latents(images), rtol=0, atol=0)
     fast = model.encode(images, queries=queries, early_exit=True)
     assert torch.equal(fast.lengths, model.encode(images, queries=queries).lengths)
+
+
+@torch.no_grad()
+def test_batch_invariant_off_uses_one_batched_vqgan_call_with_the_same_latents(models):
+    model = models["plain"]
+    images = varied_images(6)
+    calls = []
+    hook = model.vqgan.encoder.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    try:
+        exact = model.encode_latents(images)
+        assert calls == [1] * 6  # the default: one image at a time
+        calls.clear()
+        model.config.batch_invariant = False
+        fast = model.encode_latents(images)
+        assert calls == [6]
+    finally:
+        model.config.batch_invariant = True
+        hook.remove()
+    torch.testing.assert_close(fast, exact, rtol=0, atol=1e-5)
