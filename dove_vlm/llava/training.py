@@ -200,13 +200,16 @@ class PromptEncoder:
         self.tokenizer = processor.tokenizer
         self.image_token_id = processor.image_token_id
         self._cache: dict[tuple, tuple[list[int], list[int]]] = {}
+        self._prompts: dict[str, str] = {}  # rendering the chat template dominated collate time
 
     def _render(self, turns: list[tuple[str, str]], upto: int, with_answer: bool) -> str:
         """The text of the first `upto` turns (the last one with or without its answer)."""
         eos = self.tokenizer.eos_token or ""
         text = ""
         for i, (question, answer) in enumerate(turns[:upto]):
-            prompt = build_prompt(self.processor, question)
+            prompt = self._prompts.get(question)
+            if prompt is None:
+                prompt = self._prompts[question] = build_prompt(self.processor, question)
             if i > 0:  # later turns: the same format without the image
                 prompt = prompt.replace(self.processor.image_token, "").replace("\n", "", 1)
             text += prompt
@@ -255,8 +258,8 @@ class PromptEncoder:
 
 class TowerFeatureCache:
     """The frozen tower's features of every training example, computed once: one `(L_i, D)` tensor per
-    (image, query) pair. The tower is frozen and stays in eval mode, so these are exactly the features it
-    would give at every step."""
+    (image, query) pair. The tower is frozen and stays in eval mode, so these are the features it would give
+    at every step (up to last-bit differences of the batched VQGAN call)."""
 
     def __init__(self, tower: DoveVisionTower, examples: list[list[dict]], batch_size: int = 64,
                  desc: str = "features"):
@@ -266,9 +269,19 @@ class TowerFeatureCache:
         for key, example in zip(self._keys, examples):
             firsts.setdefault(key, example[0])
         ordered = list(firsts)
+        self._features: dict[tuple, torch.Tensor] = {}
+        # Training features need no bit-exact batch invariance: the batched VQGAN call is ~2.5x faster on CPU.
+        dove_config = tower.dove.config
+        batch_invariant, dove_config.batch_invariant = dove_config.batch_invariant, False
+        try:
+            self._compute(tower, ordered, firsts, batch_size, desc)
+        finally:
+            dove_config.batch_invariant = batch_invariant
+
+    def _compute(self, tower: DoveVisionTower, ordered: list[tuple], firsts: dict[tuple, dict], batch_size: int,
+                 desc: str) -> None:
         processor = tower.image_processor
         device = next(tower.parameters()).device
-        self._features: dict[tuple, torch.Tensor] = {}
         with torch.no_grad():
             for start in tqdm(range(0, len(ordered), batch_size), desc=desc, leave=False, dynamic_ncols=True):
                 keys = ordered[start : start + batch_size]
