@@ -83,8 +83,20 @@ def answers_match(prediction: str, answer: str) -> bool:
 # --- the question records ----------------------------------------------------------------------------------
 
 
+CAPTION_QUESTION = "describe the image."
+
+
+def caption_answer(objects: Sequence, image_size: int) -> str:
+    """A dense caption of a scene for LLaVA-style alignment turns: every object as "colour shape side", left to
+    right ("red circle left, blue square right"); "nothing" for an empty scene."""
+    ordered = sorted(objects, key=lambda o: o.center)
+    parts = [f"{o.color} {o.shape} {'left' if o.center[0] < image_size / 2 else 'right'}" for o in ordered]
+    return ", ".join(parts) or "nothing"
+
+
 def build_vqa_split(split: str = "test", num_scenes: int = 100, seed: int = 0, image_size: int = 32,
-                    questions_per_scene: int | None = None, max_objects: int = 6) -> list[dict]:
+                    questions_per_scene: int | None = None, max_objects: int = 6,
+                    captions: bool = False) -> list[dict]:
     """The embedded VQA questions of `num_scenes` synthetic scenes of `(seed, split)`.
 
     Args:
@@ -96,6 +108,8 @@ def build_vqa_split(split: str = "test", num_scenes: int = 100, seed: int = 0, i
         questions_per_scene: keep at most this many questions per scene (drawn deterministically per scene);
             `None` keeps them all. Fewer questions per scene means more distinct images for the same count.
         max_objects: most objects per scene.
+        captions: also give each scene a `caption` record ("describe the image." → `caption_answer`), the dense
+            alignment data of LLaVA's first stage; it shares the scene's image object (one tower pass).
 
     Returns:
         a list of `{image: PIL.Image, question, answer, type, scene}` dicts, in scene order.
@@ -113,6 +127,9 @@ def build_vqa_split(split: str = "test", num_scenes: int = 100, seed: int = 0, i
         for item in items:
             records.append({"image": scene.image, "question": item["question"], "answer": item["answer"],
                             "type": item["type"], "scene": index})
+        if captions:
+            records.append({"image": scene.image, "question": CAPTION_QUESTION,
+                            "answer": caption_answer(scene.objects, image_size), "type": "caption", "scene": index})
     return records
 
 

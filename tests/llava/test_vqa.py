@@ -7,7 +7,9 @@ from dove_vlm.llava.vqa import (
     QUESTION_TYPES,
     answers_match,
     build_prompt,
+    CAPTION_QUESTION,
     build_vqa_split,
+    caption_answer,
     evaluate_vqa,
     majority_baseline,
     normalize_answer,
@@ -48,6 +50,25 @@ def test_questions_per_scene_limits_and_keeps_order():
     assert all((r["scene"], r["question"]) in full_questions for r in records)
     with pytest.raises(ValueError, match="questions_per_scene"):
         build_vqa_split("test", 2, questions_per_scene=0)
+
+
+def test_captions_list_every_object_left_to_right_and_share_the_image():
+    from dove_vlm.data import SyntheticScenes
+
+    records = build_vqa_split("train", 12, seed=2, questions_per_scene=2, captions=True)
+    captions = [r for r in records if r["type"] == "caption"]
+    assert len(captions) == 12 and all(r["question"] == CAPTION_QUESTION for r in captions)
+    scenes = SyntheticScenes(12, image_size=32, seed=2, split="train")
+    for record in captions:
+        scene = scenes[record["scene"]]
+        parts = record["answer"].split(", ") if scene.objects else []
+        assert len(parts) == scene.num_objects
+        for part, obj in zip(parts, sorted(scene.objects, key=lambda o: o.center)):
+            assert part == f"{obj.color} {obj.shape} {'left' if obj.center[0] < 16 else 'right'}"
+        same_scene = [r for r in records if r["scene"] == record["scene"]]
+        assert all(r["image"] is record["image"] for r in same_scene)  # one tower pass per scene
+    assert caption_answer([], 32) == "nothing"
+    assert not any(r["type"] == "caption" for r in build_vqa_split("train", 12, seed=2))
 
 
 def _rec(answer, kind):
