@@ -29,10 +29,32 @@ def default_token_counts(max_tokens: int) -> list[int]:
     return ks + [max_tokens]
 
 
+def scenes_to_pixels(scenes) -> torch.Tensor:
+    """Synthetic scenes (or anything with a PIL `.image`) → pixel values `(B, 3, H, W)` in [-1, 1]."""
+    images = np.stack([np.asarray(s.image, dtype=np.uint8) for s in scenes])
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+@torch.no_grad()
+def reconstruct(model: DoveModel, x: torch.Tensor, token_counts: list[int]):
+    """The adaptive encoding of `x`, its reconstruction, and the reconstruction from the first k tokens for each
+    k in `token_counts`. Causality: the first k tokens of the full-length pass are exactly the k-token encoding,
+    so one full-length pass serves every k."""
+    enc = model.encode(x)
+    recon = model.decode(enc.tokens, enc.attention_mask).pixel_values
+    full = model.encode(x, num_tokens=model.config.max_tokens)
+    by_k = {}
+    for k in token_counts:
+        mask = full.attention_mask.clone()
+        mask[:, k:] = 0
+        by_k[k] = model.decode(full.tokens, mask).pixel_values
+    return enc, recon, by_k
+
+
 @dataclass
 class TokenizerEvaluation:
     lengths: np.ndarray
-    num_objects: np.ndarray
+    num_objects: np.ndarray | None  # None for data without object annotations
     laplacian: np.ndarray
     psnr_adaptive: np.ndarray
     psnr_by_k: dict[int, np.ndarray]
@@ -43,7 +65,7 @@ class TokenizerEvaluation:
         lengths = self.lengths.astype(float)
         psnr_by_k = {int(k): float(v.mean()) for k, v in self.psnr_by_k.items()}
         return {
-            "num_images": int(len(lengths)),
+            "num_images": len(lengths),
             "max_tokens": self.max_tokens,
             "mean_length": float(lengths.mean()),
             "std_length": float(lengths.std()),
@@ -51,8 +73,8 @@ class TokenizerEvaluation:
             "mean_length_fraction_of_max": float(lengths.mean() / self.max_tokens),
             "min_length": int(lengths.min()),
             "max_length": int(lengths.max()),
-            "distinct_lengths": int(len(np.unique(lengths))),
-            "spearman_length_vs_objects": _spearman(lengths, self.num_objects),
+            "distinct_lengths": len(np.unique(lengths)),
+            "spearman_length_vs_objects": None if self.num_objects is None else _spearman(lengths, self.num_objects),
             "spearman_length_vs_laplacian": _spearman(lengths, self.laplacian),
             "psnr_adaptive": float(self.psnr_adaptive.mean()),
             "psnr_by_k": psnr_by_k,
@@ -87,20 +109,14 @@ def evaluate_tokenizer(
     examples: dict[str, list] = {"images": [], "adaptive": [], "lengths": []}
     for start in tqdm(range(0, num_scenes, batch_size), desc="evaluating", leave=False):
         batch = [scenes[i] for i in range(start, min(start + batch_size, num_scenes))]
-        images = np.stack([np.asarray(s.image, dtype=np.uint8) for s in batch])
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).to(device)
-        enc = model.encode(x)
-        recon = model.decode(enc.tokens, enc.attention_mask).pixel_values
+        x = scenes_to_pixels(batch).to(device)
+        enc, recon, recon_by_k = reconstruct(model, x, ks)
         lengths.append(enc.lengths.cpu())
         adaptive.append(psnr(recon, x).cpu())
         objects += [s.num_objects for s in batch]
         lap += [laplacian_variance(s.image) for s in batch]
-        # Causality: the first k tokens of the full-length pass are exactly the k-token encoding.
-        full = model.encode(x, num_tokens=config.max_tokens)
         for k in ks:
-            mask = full.attention_mask.clone()
-            mask[:, k:] = 0
-            by_k[k].append(psnr(model.decode(full.tokens, mask).pixel_values, x).cpu())
+            by_k[k].append(psnr(recon_by_k[k], x).cpu())
         if len(examples["images"]) * batch_size < num_examples:
             examples["images"].append(x.cpu())
             examples["adaptive"].append(recon.cpu())
@@ -140,10 +156,11 @@ def in_box_psnr(reconstruction: torch.Tensor, target: torch.Tensor, boxes: list)
 
 
 @torch.no_grad()
-def evaluate_queries(model: DoveModel, num_scenes: int = 200, seed: int = 0, batch_size: int = 50,
-                     reference: DoveModel | None = None) -> dict:
-    """Q-DOVE on held-out scenes with single-object queries: tokens and in-box PSNR with the query against the
-    null query on the same images, and (given the plain DOVE `reference`) null-query lengths against it."""
+def query_rows(model: DoveModel, num_scenes: int = 200, seed: int = 0, batch_size: int = 50,
+               reference: DoveModel | None = None) -> dict:
+    """Q-DOVE on held-out scenes with single-object queries, per query: the query text, and the token count and
+    in-box PSNR with the query and with the null query on the same image (and, given the plain DOVE
+    `reference`, its token count). Returns `{"text": [...], "query_len": tensor, ...}`."""
     model.eval()
     device = next(model.parameters()).device
     scenes = SyntheticScenes(num_scenes, image_size=model.config.image_size, seed=seed, split="test")
@@ -152,8 +169,7 @@ def evaluate_queries(model: DoveModel, num_scenes: int = 200, seed: int = 0, bat
     rows: dict[str, list] = {"query_len": [], "null_len": [], "plain_len": [], "query_psnr": [], "null_psnr": []}
     for start in tqdm(range(0, len(picked), batch_size), desc="evaluating queries", leave=False):
         batch = picked[start : start + batch_size]
-        images = np.stack([np.asarray(s.image, dtype=np.uint8) for s, _ in batch])
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).to(device)
+        x = scenes_to_pixels([s for s, _ in batch]).to(device)
         texts, boxes = [q[0] for _, q in batch], [q[1] for _, q in batch]
         for key, queries in (("query", texts), ("null", None)):
             enc = model.encode(x, queries=queries)
@@ -163,8 +179,19 @@ def evaluate_queries(model: DoveModel, num_scenes: int = 200, seed: int = 0, bat
         if reference is not None:
             rows["plain_len"].append(reference.encode(x).lengths.cpu())
     stats = {k: torch.cat(v).float() for k, v in rows.items() if v}
+    return {"text": [q[0] for _, q in picked], **stats}
+
+
+def evaluate_queries(model: DoveModel, num_scenes: int = 200, seed: int = 0, batch_size: int = 50,
+                     reference: DoveModel | None = None) -> dict:
+    """Summary of `query_rows`: tokens and in-box PSNR with the query against the null query on the same images,
+    and (given the plain DOVE `reference`) null-query lengths against it."""
+    return summarize_query_rows(query_rows(model, num_scenes, seed, batch_size, reference))
+
+
+def summarize_query_rows(stats: dict) -> dict:
     summary = {
-        "num_images": len(picked),
+        "num_images": len(stats["text"]),
         "mean_tokens_query": float(stats["query_len"].mean()),
         "mean_tokens_null": float(stats["null_len"].mean()),
         "query_over_null_tokens": float(stats["query_len"].mean() / stats["null_len"].mean()),

@@ -8,11 +8,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # headless: figures go to files only
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-from .evaluate import TokenizerEvaluation  # noqa: E402
+from .evaluate import TokenizerEvaluation
 
 
 def _to_image(t: torch.Tensor) -> np.ndarray:
@@ -50,18 +50,24 @@ def plot_length_histogram(ev: TokenizerEvaluation, path: Path) -> None:
 
 
 def plot_length_vs_complexity(ev: TokenizerEvaluation, path: Path) -> None:
+    """Length against the object count (when the data have objects) and against Laplacian variance."""
     summary = ev.summary()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(ev.num_objects))
-    axes[0].scatter(ev.num_objects + jitter, ev.lengths, s=10, alpha=0.6)
-    axes[0].set_xlabel("objects in the scene")
+    with_objects = ev.num_objects is not None
+    fig, axes = plt.subplots(1, 2 if with_objects else 1, figsize=(9 if with_objects else 5, 3.4))
+    axes = np.atleast_1d(axes)
+    if with_objects:
+        jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(ev.num_objects))
+        axes[0].scatter(ev.num_objects + jitter, ev.lengths, s=10, alpha=0.6)
+        axes[0].set_xlabel("objects in the scene")
+        axes[0].set_title(f"Spearman ρ = {summary['spearman_length_vs_objects']:.2f}")
     axes[0].set_ylabel("tokens")
-    axes[0].set_title(f"Spearman ρ = {summary['spearman_length_vs_objects']:.2f}")
-    sc = axes[1].scatter(ev.laplacian, ev.lengths, c=ev.num_objects, s=10, alpha=0.7, cmap="viridis")
-    axes[1].set_xscale("symlog", linthresh=1e-3)
-    axes[1].set_xlabel("Laplacian variance (complexity)")
-    axes[1].set_title(f"Spearman ρ = {summary['spearman_length_vs_laplacian']:.2f}")
-    fig.colorbar(sc, ax=axes[1], label="objects")
+    colour = {"c": ev.num_objects, "cmap": "viridis"} if with_objects else {}
+    sc = axes[-1].scatter(ev.laplacian, ev.lengths, s=10, alpha=0.7, **colour)
+    axes[-1].set_xscale("symlog", linthresh=1e-3)
+    axes[-1].set_xlabel("Laplacian variance (complexity)")
+    axes[-1].set_title(f"Spearman ρ = {summary['spearman_length_vs_laplacian']:.2f}")
+    if with_objects:
+        fig.colorbar(sc, ax=axes[-1], label="objects")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
