@@ -139,6 +139,23 @@ def _encode(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _report(ns: argparse.Namespace) -> int:
+    from train_tokenizer.report import ReportConfig, format_report_summary, run_report
+
+    config = ReportConfig(
+        model=ns.model, output_dir=ns.output_dir, data=ns.data, split=ns.split, num_images=ns.num_images,
+        token_counts=[int(k) for k in ns.token_counts.split(",")] if ns.token_counts else None,
+        batch_size=ns.batch_size, inception_weights=ns.inception_weights, fid_images=ns.fid_images,
+        lpips=not ns.no_lpips, lpips_trunk_weights=ns.lpips_trunk_weights,
+        probe_data=ns.probe_data, probe_label_column=ns.probe_label_column, probe_images=ns.probe_images,
+        query_model=ns.query_model, query_scenes=ns.query_scenes,
+        sections=tuple(ns.sections.split(",")) if ns.sections else ReportConfig.__dataclass_fields__["sections"].default,
+        seed=ns.seed)
+    report = run_report(config)
+    print(format_report_summary(report, config.output_dir))
+    return 0
+
+
 # Q-DOVE fine-tunes the trained DOVE (decoder kept, null query distilled from DOVE), with the EOS weight
 # quickly at full strength.
 QDOVE_DEMO_SCHEDULE = dict(max_steps=2500, warmup_steps=50, eos_weight_start=0.1, eos_warmup_steps=0,
@@ -276,6 +293,31 @@ def build_parser() -> argparse.ArgumentParser:
     p_cmp.add_argument("--reference-eval", action="store_true", help="also score every row with dove llava-train's "
                        "own evaluation (evaluate_vqa, in process) and report the difference")
     p_cmp.set_defaults(func=_eval_compare)
+
+    p_report = sub.add_parser("report", help="tokenizer report: quality per token count (PSNR/LPIPS/rFID), lengths vs "
+                              "complexity, linear probe, PCA picture, scikit-image photos, Q-DOVE per query")
+    p_report.add_argument("--model", required=True, help="a DOVE checkpoint folder")
+    p_report.add_argument("--output-dir", default="runs/report")
+    p_report.add_argument("--data", default="synthetic", help="synthetic[:N], an image folder or a saved datasets folder")
+    p_report.add_argument("--split", default="test", help="split of a saved DatasetDict")
+    p_report.add_argument("--num-images", type=int, default=200)
+    p_report.add_argument("--token-counts", default=None, help="comma-separated forced k (default 4,8,...,max)")
+    p_report.add_argument("--batch-size", type=int, default=50)
+    p_report.add_argument("--inception-weights", default=None, help="local InceptionV3 weights for rFID "
+                          "(torch-fidelity's pt_inception-2015-12-05 file); without it rFID is skipped")
+    p_report.add_argument("--fid-images", type=int, default=500)
+    p_report.add_argument("--no-lpips", action="store_true")
+    p_report.add_argument("--lpips-trunk-weights", default=None, help="local torchvision alexnet weights for LPIPS")
+    p_report.add_argument("--probe-data", nargs="*", default=["shapes", "digits"],
+                          help="shapes, digits and/or saved `datasets` folders with a class-label column")
+    p_report.add_argument("--probe-label-column", default=None)
+    p_report.add_argument("--probe-images", type=int, default=2000)
+    p_report.add_argument("--query-model", default=None, help="a Q-DOVE checkpoint for the per-query section")
+    p_report.add_argument("--query-scenes", type=int, default=200)
+    p_report.add_argument("--sections", default=None, help="comma-separated subset of: quality, lengths, probe, pca, "
+                          "photos, queries")
+    p_report.add_argument("--seed", type=int, default=0)
+    p_report.set_defaults(func=_report)
 
     p_demo = sub.add_parser("demo", help="the whole pipeline at tiny scale on the embedded data")
     p_demo.add_argument("--output-dir", default="runs/demo")
