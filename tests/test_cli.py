@@ -78,3 +78,16 @@ def test_demo_llava_stages_are_opt_in():
 
     assert build_parser().parse_args(["demo"]).llava is False
     assert build_parser().parse_args(["demo", "--llava", "--output-dir", "x"]).llava is True
+
+
+def test_report_command_and_its_bad_inputs(micro_model, tmp_path, capsys):
+    micro_model.save_pretrained(tmp_path / "model")
+    common = ["report", "--model", str(tmp_path / "model"), "--output-dir", str(tmp_path / "out"), "--no-lpips"]
+    assert main([*common, "--data", "synthetic:6", "--sections", "quality,lengths", "--inception-weights",
+                 str(tmp_path / "missing.pth")]) == 0
+    out = capsys.readouterr().out
+    assert "PSNR by forced tokens" in out and "rFID skipped" in out and "missing.pth" in out
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["data"]["num_images"] == 6
+    (tmp_path / "empty").mkdir()
+    assert main([*common, "--data", str(tmp_path / "empty"), "--sections", "quality"]) == 2
+    assert "no image files" in capsys.readouterr().err

@@ -45,7 +45,10 @@ def load_report_images(spec: str, processor, limit: int = 200, seed: int = 0, sp
             raise ValueError(f"the data set {spec!r} has no images.")
         pixels = scenes_to_pixels(list(scenes))
         return ReportImages(pixels, complexity(pixels), np.asarray([s.num_objects for s in scenes]), spec)
-    dataset = build_image_dataset(spec, processor, seed=seed, split=split)
+    try:
+        dataset = build_image_dataset(spec, processor, seed=seed, split=split)
+    except IndexError as err:  # `datasets.load_from_disk` of a data set saved with no rows
+        raise ValueError(f"the data set {spec!r} has no images (datasets cannot load it: {err!r}).") from err
     if len(dataset) == 0:
         raise ValueError(f"the data set {spec!r} has no images.")
     count = min(len(dataset), limit)

@@ -58,7 +58,10 @@ def hf_probe_data(path: str, processor, label_column: str | None = None, count: 
 
     from dove_vlm.data import HFImageDataset
 
-    dataset = datasets.load_from_disk(path)
+    try:
+        dataset = datasets.load_from_disk(path)
+    except IndexError as err:  # a data set saved with no rows
+        raise ValueError(f"the probe data set {path!r} has no images (datasets cannot load it: {err!r}).") from err
     if isinstance(dataset, datasets.DatasetDict):
         dataset = dataset[split] if split in dataset else dataset[next(iter(dataset))]
     if len(dataset) == 0:

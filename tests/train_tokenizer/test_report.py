@@ -1,0 +1,179 @@
+"""`dove report`'s API on micro models built here (nothing downloaded): every section runs and writes its JSON and
+figures; bad inputs (no images, mixed sizes, a missing Inception weights path) are handled."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dove_vlm import DoveImageProcessor, DoveModel, preset_config
+from dove_vlm.query_tokenizer import default_query_tokenizer
+from tests.conftest import MICRO_OVERRIDES
+from train_tokenizer.report import ReportConfig, format_report_summary, run_report
+from train_tokenizer.report.fid import InceptionUnavailable, load_inception
+from train_tokenizer.report.images import load_report_images
+from train_tokenizer.report.photos import photo_lengths
+from train_tokenizer.report.probe import ProbeData, digits_probe_data, hf_probe_data, linear_probe
+from train_tokenizer.report.quality import evaluate_quality
+from train_tokenizer.report.queries import evaluate_query_model
+
+
+@pytest.fixture
+def saved_model(micro_model, tmp_path):
+    path = tmp_path / "model"
+    micro_model.save_pretrained(path)
+    DoveImageProcessor(size=micro_model.config.image_size).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture
+def query_model():
+    tokenizer = default_query_tokenizer(num_scenes=50)
+    torch.manual_seed(0)
+    model = DoveModel(preset_config("tiny", **MICRO_OVERRIDES, query_vocab_size=len(tokenizer), query_max_length=8))
+    model.set_query_tokenizer(tokenizer)
+    with torch.no_grad():  # spread p_eos so that lengths vary
+        model.eos_head.weight.normal_(0, 2.0)
+        model.eos_head.bias.fill_(-1.0)
+    return model.eval()
+
+
+def test_report_writes_every_section_and_figure(saved_model, query_model, tmp_path):
+    query_model.save_pretrained(tmp_path / "qmodel")
+    config = ReportConfig(model=saved_model, output_dir=str(tmp_path / "report"), data="synthetic", num_images=12,
+                          batch_size=5, probe_data=["digits"], probe_images=60, query_model=str(tmp_path / "qmodel"),
+                          query_scenes=12, inception_weights=str(tmp_path / "no-such-inception.pth"))
+    report = run_report(config)
+    assert json.loads((tmp_path / "report" / "report.json").read_text()) == report
+    quality = report["quality"]
+    assert list(quality["psnr_by_k"]) == ["4", "8", "16"] and set(quality["lpips_by_k"]) == {"4", "8", "16"}
+    assert all(np.isfinite(v) for v in [*quality["psnr_by_k"].values(), *quality["lpips_by_k"].values()])
+    assert quality["rfid_by_k"] is None  # missing weights: skipped, the other metrics still ran
+    assert any("rFID skipped" in n and "no-such-inception.pth" in n for n in report["notes"])
+    lengths = report["lengths"]
+    assert sum(lengths["histogram"].values()) == 12 and -1 <= lengths["spearman_length_vs_laplacian"] <= 1
+    probe = report["probe"][0]
+    assert probe["num_train"] + probe["num_test"] == 60
+    assert set(probe["features"]) == {"dove_tokens", "dove_hidden", "vqgan_latents"}
+    assert len(report["photos"]["photos"]) >= 10 and report["queries"]["num_images"] > 0
+    for name in report["figures"]:
+        assert (tmp_path / "report" / name).stat().st_size > 1000
+    assert {"quality_vs_tokens.png", "pca_features.png", "linear_probe.png", "photos_length_vs_complexity.png",
+            "queries.png", "length_vs_complexity.png"} <= set(report["figures"])
+    assert "rFID skipped" in format_report_summary(report, config.output_dir)
+
+
+@torch.no_grad()
+def test_quality_at_max_tokens_matches_the_full_encoding(micro_model):
+    processor = DoveImageProcessor(size=32)
+    images = load_report_images("synthetic:6", processor)
+    result = evaluate_quality(micro_model, images, [16], batch_size=4, use_lpips=False)
+    enc = micro_model.encode(images.pixels, num_tokens=16)
+    recon = micro_model.decode(enc.tokens, enc.attention_mask).pixel_values
+    mse = ((recon - images.pixels) / 2).pow(2).flatten(1).mean(1)
+    np.testing.assert_allclose(result.evaluation.psnr_by_k[16], (10 * torch.log10(1 / mse)).numpy(), rtol=1e-4)
+
+
+@pytest.fixture
+def random_inception(tmp_path, monkeypatch):
+    """torch-fidelity's real InceptionV3 architecture with random weights, saved as a local weights file."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    empty = tmp_path / "empty.pth"
+    torch.save({}, empty)
+    with monkeypatch.context() as patch:  # build the architecture without loading (random initialisation)
+        patch.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
+        torch.manual_seed(0)
+        network = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty))
+    path = tmp_path / "inception.pth"
+    torch.save(network.state_dict(), path)
+    return str(path)
+
+
+def test_rfid_with_local_inception_weights(micro_model, random_inception):
+    images = load_report_images("synthetic:2", DoveImageProcessor(size=32))
+    result = evaluate_quality(micro_model, images, [16], use_lpips=False, inception_weights=random_inception)
+    assert np.isfinite(result.rfid_by_k[16]) and np.isfinite(result.rfid_adaptive)
+    assert result.rfid_by_k[16] > 0
+
+
+def test_inception_weights_errors(tmp_path):
+    with pytest.raises(InceptionUnavailable, match="no Inception weights given"):
+        load_inception(None)
+    with pytest.raises(InceptionUnavailable, match="does not exist"):
+        load_inception(str(tmp_path / "missing.pth"))
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(InceptionUnavailable, match="fc.weight"):
+        load_inception(str(tmp_path / "other.pth"))
+
+
+def test_empty_data_sets_are_clear_errors(tmp_path):
+    import datasets
+
+    processor = DoveImageProcessor(size=32)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no image files"):
+        load_report_images(str(tmp_path / "empty"), processor)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    datasets.Dataset.from_dict({"image": [], "label": []}, features=features).save_to_disk(str(tmp_path / "hf"))
+    with pytest.raises(ValueError, match="has no images"):
+        load_report_images(str(tmp_path / "hf"), processor)
+    with pytest.raises(ValueError, match="has no images"):
+        hf_probe_data(str(tmp_path / "hf"), processor)
+
+
+def test_mixed_image_sizes_are_resized_to_the_model(tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for i, size in enumerate([(40, 30), (32, 32), (100, 17), (16, 64)]):
+        Image.new("RGB", size, (60 * i, 20, 200)).save(folder / f"{i}.png")
+    images = load_report_images(str(folder), DoveImageProcessor(size=32))
+    assert images.pixels.shape == (4, 3, 32, 32) and images.num_objects is None and len(images.laplacian) == 4
+
+
+def test_probe_on_a_saved_datasets_folder_and_bad_labels(micro_model, tmp_path):
+    import datasets
+
+    processor = DoveImageProcessor(size=32)
+    rng = np.random.default_rng(0)
+    # class 0: dark images, class 1: bright images (any useful feature separates them)
+    images = [Image.fromarray(((rng.uniform(0, 0.3, (32, 32, 3)) + 0.6 * (i % 2)) * 255).astype(np.uint8))
+              for i in range(40)]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["dark", "bright"])})
+    datasets.Dataset.from_dict({"image": images, "label": [i % 2 for i in range(40)]},
+                               features=features).save_to_disk(str(tmp_path / "hf"))
+    data = hf_probe_data(str(tmp_path / "hf"), processor)
+    assert data.class_names == ["dark", "bright"] and data.pixels.shape == (40, 3, 32, 32)
+    result = linear_probe(micro_model, data)
+    assert result["features"]["vqgan_latents"]["accuracy"] == 1.0  # brightness survives mean pooling
+    with pytest.raises(ValueError, match="single class"):
+        linear_probe(micro_model, ProbeData("one", data.pixels[:4], np.zeros(4, dtype=int), ["a"]))
+
+
+def test_digits_probe_data_are_upscaled():
+    data = digits_probe_data(DoveImageProcessor(size=32), count=20)
+    assert data.pixels.shape == (20, 3, 32, 32) and len(data.class_names) == 10
+    assert data.pixels.min() >= -1 and data.pixels.max() <= 1
+
+
+def test_photos_from_scikit_image(micro_model):
+    result = photo_lengths(micro_model, DoveImageProcessor(size=32), names=("moon", "camera", "grass", "not_a_photo"))
+    assert [r["photo"] for r in result["photos"]] == sorted(["moon", "camera", "grass"],
+                                                            key=lambda n: next(r["laplacian_model_input"]
+                                                                               for r in result["photos"] if r["photo"] == n))
+    assert result["skipped"] == ["not_a_photo (AttributeError)"] and result["pixels"].shape == (3, 3, 32, 32)
+
+
+def test_query_section_per_kind_and_refuses_plain_dove(query_model, micro_model):
+    out = evaluate_query_model(query_model, num_scenes=10, min_count=1)
+    assert set(out["by_kind"]) <= {"phrase", "question"} and out["by_kind"]
+    assert sum(g["count"] for g in out["by_kind"].values()) == out["num_images"]
+    with pytest.raises(ValueError, match="plain DOVE"):
+        evaluate_query_model(micro_model, num_scenes=4)
+
+
+def test_unknown_section():
+    with pytest.raises(ValueError, match="unknown report section"):
+        ReportConfig(model="x", sections=("quality", "nope"))
