@@ -41,8 +41,9 @@ class DoveConfig(PretrainedConfig):
         freeze_vqgan (`bool`, defaults to `True`): keep the VQGAN frozen (no gradients, eval mode) while training.
         batch_invariant (`bool`, defaults to `True`): in eval mode on CPU, run the VQGAN encoder one image at a
             time so an image's tokens are bit-identical whatever its batch (oneDNN picks its convolution
-            algorithm by batch size). `False` keeps the batched call: about 2.5x faster on CPU, with
-            differences in the last bits between batch sizes. GPUs and training always use the batched call.
+            algorithm by batch size), and Q-DOVE queries of different lengths run in padding-free groups. `False`
+            keeps one batched call for both: about 2.5x faster on CPU, with differences in the last bits between
+            batch sizes. GPUs and training always use the batched call.
         hidden_size / num_hidden_layers / num_attention_heads / intermediate_size: the causal generator
             (a GPTNeoX; Pythia-70M is 512 / 6 / 8 / 2048).
         rotary_pct (`float`, defaults to 0.25): share of head dims with rotary position embeddings (Pythia's).

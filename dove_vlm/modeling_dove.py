@@ -139,6 +139,16 @@ def length_mask(lengths: torch.Tensor, width: int) -> torch.LongTensor:
     return (torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]).long()
 
 
+def _query_length_groups(query_mask: torch.Tensor | None) -> list[torch.Tensor] | None:
+    """Row indices grouped by query length (in tokens), or `None` when every row has the same length."""
+    if query_mask is None:
+        return None
+    lengths = query_mask.sum(1)
+    if bool((lengths == lengths[0]).all()):
+        return None
+    return [(lengths == value).nonzero().squeeze(1) for value in lengths.unique().tolist()]
+
+
 def _merge_encoder_outputs(parts: list[DoveEncoderOutput], groups: list[torch.Tensor]) -> DoveEncoderOutput:
     """Put the outputs of `encode` on row groups back into one batch, in the original row order; slots that a
     group did not compute (early exit) read p_eos = 1, tokens beyond a row's length are zero."""
@@ -568,6 +578,7 @@ class DoveModel(DovePreTrainedModel):
         prefix: DovePrefix | None = None,
         output_hidden_states: bool = False,
         latents: torch.Tensor | None = None,
+        _query_tokens: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
     ) -> DoveEncoderOutput:
         """Images → variable-length continuous tokens, in one parallel causal pass.
 
@@ -594,15 +605,23 @@ class DoveModel(DovePreTrainedModel):
         n = self._resolve_max_tokens(max_tokens)
         threshold = self.config.eos_threshold if eos_threshold is None else eos_threshold
         shortest = self.config.min_tokens if min_tokens is None else min_tokens
-        groups = self._query_length_groups(pixel_values, queries) if prefix is None else None
-        if groups is not None:
-            kwargs = dict(max_tokens=max_tokens, eos_threshold=eos_threshold, min_tokens=min_tokens,
-                          early_exit=early_exit, chunk_size=chunk_size, output_hidden_states=output_hidden_states)
-            forced = None if num_tokens is None else torch.as_tensor(num_tokens).reshape(-1)
-            parts = [self.encode(pixel_values[rows], queries=[queries[i] for i in rows.tolist()],
-                                 num_tokens=None if forced is None else forced[rows] if forced.numel() > 1 else forced,
-                                 **kwargs) for rows in groups]
-            return _merge_encoder_outputs(parts, groups)
+        query_tokens = _query_tokens
+        if prefix is None and query_tokens is None and self._splits_by_query_length(pixel_values, queries):
+            query_tokens = self.tokenize_queries(queries, len(queries))  # once for the whole batch
+            groups = _query_length_groups(query_tokens[1])
+            if groups is not None:
+                kwargs = dict(max_tokens=max_tokens, eos_threshold=eos_threshold, min_tokens=min_tokens,
+                              early_exit=early_exit, chunk_size=chunk_size, output_hidden_states=output_hidden_states)
+                forced = None if num_tokens is None else torch.as_tensor(num_tokens).reshape(-1)
+                ids, mask = query_tokens
+                parts = []
+                for rows in groups:
+                    width = int(mask[rows[0]].sum())  # one query length per group: no padding inside it
+                    tokens = (ids[rows, :width], mask[rows, :width]) if width else (None, None)
+                    parts.append(self.encode(pixel_values[rows], queries=[queries[i] for i in rows.tolist()],
+                                             num_tokens=None if forced is None else forced[rows] if forced.numel() > 1
+                                             else forced, _query_tokens=tokens, **kwargs))
+                return _merge_encoder_outputs(parts, groups)
         if prefix is not None:
             if pixel_values is not None:
                 raise ValueError("pass either pixel_values or prefix, not both.")
@@ -622,7 +641,7 @@ class DoveModel(DovePreTrainedModel):
         else:
             latents = self.encode_latents(pixel_values)
         batch = latents.shape[0]
-        query_ids, query_mask = self.tokenize_queries(queries, batch)
+        query_ids, query_mask = self.tokenize_queries(queries, batch) if query_tokens is None else query_tokens
         forced = None
         if num_tokens is not None:
             forced = torch.as_tensor(num_tokens, device=latents.device)
@@ -667,23 +686,16 @@ class DoveModel(DovePreTrainedModel):
         out = nn.functional.linear(rows, weight, bias)[:, : hidden.shape[1]]
         return out[..., :-1], torch.sigmoid(out[..., -1].float())
 
-    def _query_length_groups(self, pixel_values, queries) -> list[torch.Tensor] | None:
-        """Rows of the batch by query length (in tokens), when the lengths differ and results must not depend on
-        the batch (eval mode on CPU); `None` otherwise. A shorter query padded to the longest is attended
-        through a mask, whose kernels sum differently in the last bits; each group of equal lengths is padding
-        free, so an image gets the same bits alone or in any batch."""
-        if self.training or not isinstance(queries, (list, tuple)) or not isinstance(pixel_values, torch.Tensor) \
-                or pixel_values.ndim != 4 or pixel_values.device.type != "cpu" or len(queries) != pixel_values.shape[0]:
-            return None
-        with warnings.catch_warnings():  # the groups' own calls warn about over-long queries
-            warnings.simplefilter("ignore")
-            ids, mask = self.tokenize_queries(queries, len(queries))
-        if ids is None:
-            return None
-        lengths = mask.sum(1)
-        if bool((lengths == lengths[0]).all()):
-            return None
-        return [(lengths == value).nonzero().squeeze(1) for value in lengths.unique().tolist()]
+    def _splits_by_query_length(self, pixel_values, queries) -> bool:
+        """True when a batch of per-image queries runs in groups of equal query length: results must not depend on
+        the batch (eval mode on CPU with `config.batch_invariant`). A shorter query padded to the longest is
+        attended through a mask, whose kernels sum differently in the last bits; each group of equal lengths is
+        padding free, so an image gets the same bits alone or in any batch. Without `batch_invariant` the batch
+        runs in one padded, masked call (faster; last-bit differences across batches)."""
+        return not (self.training or not getattr(self.config, "batch_invariant", True)
+                    or not isinstance(queries, (list, tuple)) or not isinstance(pixel_values, torch.Tensor)
+                    or pixel_values.ndim != 4 or pixel_values.device.type != "cpu"
+                    or len(queries) != pixel_values.shape[0])
 
     def decode_latents(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Token decoder only: tokens `(B, L, k)` → latent grid `(B, C, h, w)`."""
