@@ -275,12 +275,17 @@ class DoveVisionTower(PreTrainedModel):
         features = tuple(hidden[i, : int(n)] for i, n in enumerate(lengths.tolist()))
         return DoveVisionTowerOutput(last_hidden_state=hidden, attention_mask=mask, lengths=lengths, features=features)
 
+    @property
+    def counts_need_a_pass(self) -> bool:
+        """False when every image has the same, known number of features (grid and fixed modes)."""
+        return self.config.mode not in (TowerMode.GRID, TowerMode.FIXED)
+
     @torch.no_grad()
     def num_image_tokens(self, pixel_values: torch.Tensor, queries=None) -> torch.LongTensor:
         """`(B,)` feature counts, equal to `forward(pixel_values, queries).lengths` (grid and fixed modes need no
         model pass)."""
         pixel_values, queries = self._check_inputs(pixel_values, queries)
-        if self.config.mode in (TowerMode.GRID, TowerMode.FIXED):
+        if not self.counts_need_a_pass:
             return torch.full((pixel_values.shape[0],), self.max_tokens, dtype=torch.long, device=pixel_values.device)
         return self.forward(pixel_values, queries).lengths
 

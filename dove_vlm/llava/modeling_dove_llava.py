@@ -60,6 +60,7 @@ class DoveLlavaModel(LlavaModel):
         image_lengths: torch.LongTensor | None = None,
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
+        tower_outputs=None,
         **kwargs,
     ) -> DoveImageFeaturesOutput | BaseModelOutputWithPooling:
         """Pixels → per-image projected features.
@@ -69,6 +70,8 @@ class DoveLlavaModel(LlavaModel):
             image_queries: Q-DOVE queries, one string or None per image (or None); only for a query-mode tower.
             image_lengths (`(B,)`, *optional*): the counts the processor expanded `<image>` to; checked against the
                 tower's lengths (a mismatch means the processor used another tower or length knob).
+            tower_outputs ([`DoveVisionTowerOutput`], *optional*): this tower's output for these pixels and queries,
+                as computed by [`DoveLlavaProcessor`] to count the tokens; used instead of running the tower again.
         Returns:
             [`DoveImageFeaturesOutput`] whose `pooler_output` is a list of `(L_i, text_hidden)` tensors. With a
             non-DOVE tower (e.g. CLIP), `LlavaModel.get_image_features` unchanged.
@@ -84,14 +87,18 @@ class DoveLlavaModel(LlavaModel):
                 **kwargs,
             )
         tower = self.vision_tower
-        out = tower(pixel_values.to(tower.dove.latent_in.weight.dtype), queries=image_queries)
+        if tower_outputs is not None:
+            out = _checked_tower_outputs(tower, tower_outputs, pixel_values)
+        else:
+            out = tower(pixel_values.to(tower.dove.latent_in.weight.dtype), queries=image_queries)
         if image_lengths is not None:
             expected = torch.as_tensor(image_lengths).reshape(-1).to(out.lengths.device)
             if expected.shape != out.lengths.shape or not torch.equal(expected, out.lengths):
                 raise ValueError(f"the processor expanded the images to {expected.tolist()} tokens but the vision tower "
                                  f"gives {out.lengths.tolist()}; use the same tower (attach_tower) and queries in the "
                                  "processor and the model.")
-        packed = torch.cat(out.features, dim=0)  # (sum L_i, D): one projector call for the whole batch
+        weight = self.multi_modal_projector.linear_1.weight
+        packed = torch.cat(out.features, dim=0).to(device=weight.device, dtype=weight.dtype)  # one projector call
         projected = self.multi_modal_projector(packed)
         per_image = list(torch.split(projected, out.lengths.tolist(), dim=0))
         return DoveImageFeaturesOutput(last_hidden_state=out.last_hidden_state, pooler_output=per_image,
@@ -126,16 +133,18 @@ class DoveLlavaModel(LlavaModel):
         image_queries=None,
         image_lengths: torch.LongTensor | None = None,
         mm_encoder_outputs: dict | None = None,
+        tower_outputs=None,
         **kwargs,
     ):
-        """`LlavaModel.forward` plus `image_queries` (Q-DOVE) and `image_lengths` (checked against the tower)."""
+        """`LlavaModel.forward` plus `image_queries` (Q-DOVE), `image_lengths` (checked against the tower) and
+        `tower_outputs` (the processor's tower pass, reused)."""
         self._check_context(input_ids if input_ids is not None else inputs_embeds, cache)
         if pixel_values is not None and self.has_dove_tower:
             if mm_encoder_outputs is not None and mm_encoder_outputs.get("image") is not None:
                 raise ValueError("pass either pixel_values or precomputed image features (mm_encoder_outputs), not both.")
             mm_encoder_outputs = dict(mm_encoder_outputs or {})
             mm_encoder_outputs["image"] = self.get_image_features(
-                pixel_values, image_queries=image_queries, image_lengths=image_lengths
+                pixel_values, image_queries=image_queries, image_lengths=image_lengths, tower_outputs=tower_outputs
             )
             pixel_values = None
         elif pixel_values is not None and image_queries is not None:
@@ -217,10 +226,12 @@ class DoveLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         image_queries=None,
         image_lengths: torch.LongTensor | None = None,
         mm_encoder_outputs: dict | None = None,
+        tower_outputs=None,
         **kwargs,
     ):
         """`LlavaForConditionalGeneration.forward` plus `image_queries` (one text or None per image, for a Q-DOVE
-        tower) and `image_lengths` (the processor's counts, checked against the tower)."""
+        tower), `image_lengths` (the processor's counts, checked against the tower) and `tower_outputs` (the
+        processor's tower pass over these images, reused instead of a second one)."""
         return super().forward(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -232,6 +243,7 @@ class DoveLlavaForConditionalGeneration(LlavaForConditionalGeneration):
             mm_encoder_outputs=mm_encoder_outputs,
             image_queries=image_queries,
             image_lengths=image_lengths,
+            tower_outputs=tower_outputs,
             **kwargs,
         )
 
@@ -240,6 +252,7 @@ class DoveLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         if not is_first_iteration and kwargs.get("use_cache", True):
             inputs.pop("image_queries", None)  # the image features live in the cache after prefill
             inputs.pop("image_lengths", None)
+            inputs.pop("tower_outputs", None)
         return inputs
 
     # Saving and loading -----------------------------------------------------------------------------------
@@ -266,6 +279,21 @@ class DoveLlavaForConditionalGeneration(LlavaForConditionalGeneration):
 
                 tower.dove.set_query_tokenizer(AutoTokenizer.from_pretrained(tokenizer_dir))
         return model
+
+
+def _checked_tower_outputs(tower: DoveVisionTower, outputs, pixel_values: torch.Tensor | None):
+    """The processor's tower output, checked against this tower and batch (it must come from the same tower)."""
+    lengths, features = getattr(outputs, "lengths", None), getattr(outputs, "features", None)
+    if lengths is None or features is None:
+        raise TypeError(f"tower_outputs must be a DoveVisionTowerOutput (from DoveLlavaProcessor), got "
+                        f"{type(outputs).__name__}.")
+    if pixel_values is not None and lengths.shape[0] != pixel_values.shape[0]:
+        raise ValueError(f"tower_outputs hold {lengths.shape[0]} images but pixel_values {pixel_values.shape[0]}; "
+                         "pass the processor's outputs for this batch unchanged.")
+    if any(f.shape[-1] != tower.hidden_size for f in features):
+        raise ValueError(f"tower_outputs have {features[0].shape[-1]}-wide features but this model's tower gives "
+                         f"{tower.hidden_size}; attach the model's own tower to the processor (attach_tower).")
+    return outputs
 
 
 def _as_list(queries) -> list:

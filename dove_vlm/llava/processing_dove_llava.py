@@ -16,7 +16,9 @@ class DoveLlavaProcessor(ProcessorMixin):
 
     Every `<image>` marker in a prompt is replaced by as many `<image>` tokens as that image has features: the
     counts come from `image_lengths` or from the tower given to [`attach_tower`] (the tower is not saved with the
-    processor). Images are matched to markers in order, across the batch (as in `LlavaProcessor`).
+    processor). Images are matched to markers in order, across the batch (as in `LlavaProcessor`). When the tower
+    has to run to count (adaptive and query modes), its output is returned as `tower_outputs`, and the model reuses
+    it instead of running the tower again (`model.generate(**inputs)` runs the tower once per image).
 
     Args:
         image_processor ([`DoveImageProcessor`]): at the tower's image size.
@@ -93,7 +95,9 @@ class DoveLlavaProcessor(ProcessorMixin):
             padding, truncation, kwargs: passed to the tokenizer (truncation that would cut image tokens is refused).
         Returns:
             [`BatchFeature`] with `input_ids`, `attention_mask` (when text is given), `pixel_values`, `image_lengths`
-            (`(N,)` long) and `image_queries` (a list of str/None, not a tensor).
+            (`(N,)` long), `image_queries` (a list of str/None, not a tensor) and, when the attached tower ran to
+            count the tokens, `tower_outputs` (its `DoveVisionTowerOutput` for these images and queries, which
+            [`DoveLlavaForConditionalGeneration`] uses instead of a second tower pass).
         """
         if return_tensors not in ("pt", None):
             raise ValueError(f"return_tensors={return_tensors!r} is not supported; use 'pt'.")
@@ -114,8 +118,10 @@ class DoveLlavaProcessor(ProcessorMixin):
         if image_list:
             pixel_values = self.image_processor.preprocess(image_list, return_tensors="pt")["pixel_values"]
             queries = self._resolve_queries(image_queries, texts, markers, len(image_list))
-            lengths = self._lengths(pixel_values, queries, image_lengths)
+            lengths, tower_outputs = self._lengths(pixel_values, queries, image_lengths)
             data.update(pixel_values=pixel_values, image_lengths=lengths)
+            if tower_outputs is not None:
+                data["tower_outputs"] = tower_outputs
         elif image_lengths is not None:
             raise ValueError("image_lengths were given without images.")
         data["image_queries"] = queries
@@ -128,7 +134,9 @@ class DoveLlavaProcessor(ProcessorMixin):
             data.update(encoded)
         return BatchFeature(data, tensor_type=None)
 
-    def _lengths(self, pixel_values, queries, image_lengths) -> torch.LongTensor:
+    def _lengths(self, pixel_values, queries, image_lengths):
+        """`(counts (N,) long, the tower's output or None)`: given counts are checked; otherwise the attached tower
+        gives them (grid and fixed towers without a pass; other modes with one forward, whose output is kept)."""
         count = pixel_values.shape[0]
         if image_lengths is not None:
             lengths = torch.as_tensor(image_lengths, dtype=torch.long).reshape(-1)
@@ -136,12 +144,16 @@ class DoveLlavaProcessor(ProcessorMixin):
                 raise ValueError(f"got {lengths.numel()} image_lengths for {count} images.")
             if (lengths < 1).any():
                 raise ValueError(f"image_lengths must be positive, got {lengths.tolist()}.")
-            return lengths
+            return lengths, None
         if self.tower is None:
             raise ValueError("the processor needs the vision tower to count each image's tokens: call "
                              "processor.attach_tower(model.vision_tower) (or pass image_lengths).")
         tower_queries = queries if self.tower.supports_queries else None
-        return self.tower.num_image_tokens(pixel_values, tower_queries).cpu().long()
+        if not self.tower.counts_need_a_pass:
+            return self.tower.num_image_tokens(pixel_values, tower_queries).cpu().long(), None
+        with torch.no_grad():
+            out = self.tower(pixel_values.to(self.tower.device), queries=tower_queries)
+        return out.lengths.cpu().long(), out
 
     def _check_encoded(self, input_ids: torch.Tensor, lengths) -> None:
         expected = int(lengths.sum()) if lengths is not None else 0
@@ -169,7 +181,7 @@ class DoveLlavaProcessor(ProcessorMixin):
 
     @property
     def model_input_names(self) -> list[str]:
-        return ["input_ids", "attention_mask", "pixel_values", "image_lengths", "image_queries"]
+        return ["input_ids", "attention_mask", "pixel_values", "image_lengths", "image_queries", "tower_outputs"]
 
 
 def _flatten_images(images) -> list:

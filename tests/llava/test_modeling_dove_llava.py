@@ -115,15 +115,46 @@ def _until_eos(tokens: torch.Tensor, eos: int) -> list[int]:
 def test_queries_reach_the_tower_in_forward_and_generate_prefill_only(query, images):
     model, processor = query
     pil, _ = images
-    inputs = processor(images=pil[:2], text=[prompt(QUESTIONS[0]), "USER: <image>\n ASSISTANT:"])
-    assert inputs["image_queries"] == [QUESTIONS[0], None]  # the user's turn; no question → null query
+    texts = [prompt(QUESTIONS[0]), "USER: <image>\n ASSISTANT:"]
     tower = model.model.vision_tower
     with TowerSpy(tower) as spy:
+        inputs = processor(images=pil[:2], text=texts)
+        assert inputs["image_queries"] == [QUESTIONS[0], None]  # the user's turn; no question → null query
         model(**inputs)
+        assert spy.calls == [[QUESTIONS[0], None]]  # once: the processor's pass, reused by the model
+    with TowerSpy(tower) as spy:
+        model.generate(**processor(images=pil[:2], text=texts), max_new_tokens=3, do_sample=False)
+        assert spy.calls == [[QUESTIONS[0], None]]  # once per image per generate (not again after the prefill)
+    without = {k: v for k, v in inputs.items() if k != "tower_outputs"}
+    with TowerSpy(tower) as spy:  # without the processor's pass the model runs the tower itself, with the queries
+        model(**without)
         assert spy.calls == [[QUESTIONS[0], None]]
     with TowerSpy(tower) as spy:
-        model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        model.generate(**without, max_new_tokens=3, do_sample=False)
         assert spy.calls == [[QUESTIONS[0], None]]  # once: the prefill
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("which", ["adaptive", "query"])
+def test_processor_and_generate_run_the_tower_once_per_image(adaptive, query, images, which):
+    model, processor = adaptive if which == "adaptive" else query
+    pil, _ = images
+    texts = [prompt(q) for q in QUESTIONS[:3]]
+    seen = []
+    hook = model.model.vision_tower.register_forward_hook(lambda module, args, out: seen.append(out.lengths.numel()))
+    try:
+        inputs = processor(images=pil[:3], text=texts)
+        reused = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        assert seen == [3]  # the processor's pass only
+        seen.clear()
+        again = model.generate(**{k: v for k, v in inputs.items() if k != "tower_outputs"}, max_new_tokens=3,
+                               do_sample=False)
+        assert seen == [3]  # without it, the model's own pass
+    finally:
+        hook.remove()
+    assert torch.equal(reused, again)
+    with pytest.raises(ValueError, match="tower_outputs hold 3 images but pixel_values 2"):
+        model(**{**inputs, "pixel_values": inputs["pixel_values"][:2]})
 
 
 @torch.no_grad()
