@@ -205,10 +205,13 @@ def _eval_export(ns) -> int:
 
 
 def _eval_compare(ns) -> int:
-    from eval.compare import LmmsEvalError, compare, comparison_table, mode_matrix, reference_accuracies
+    from eval.compare import COMPARE_MODEL_ARGS, LmmsEvalError, compare, comparison_table, mode_matrix, \
+        reference_accuracies
 
     fixed_k = tuple(int(k) for k in ns.fixed_k.split(",") if k.strip()) if ns.fixed_k else ()
-    specs = mode_matrix(ns.grid_model, ns.dove_model, ns.qdove_model, fixed_k)
+    model_args = dict(COMPARE_MODEL_ARGS, **dict(_key_value(item) for item in (ns.model_args or "").split(",")
+                                                 if item.strip()))
+    specs = mode_matrix(ns.grid_model, ns.dove_model, ns.qdove_model, fixed_k, model_args)
     if ns.modes:
         wanted = {m.strip() for m in ns.modes.split(",")}
         unknown = wanted - {s.name for s in specs}
@@ -232,6 +235,13 @@ def _eval_compare(ns) -> int:
         return 1
     print(comparison_table(comparison))
     return 0
+
+
+def _key_value(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--model-args takes KEY=VALUE pairs separated by commas, got {item!r}.")
+    return key.strip(), value.strip()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -288,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_cmp.add_argument("--output-dir", default="runs/eval_compare")
     p_cmp.add_argument("--batch-size", type=int, default=16)
     p_cmp.add_argument("--limit", type=int, default=None, help="first N questions only")
+    p_cmp.add_argument("--model-args", default="", help="adapter options for every row, KEY=VALUE,... (default "
+                       "batch_invariant=false; also merge_lora, bucket_window; see docs/evaluation.md)")
     p_cmp.add_argument("--no-side-by-side", action="store_true", help="skip the interleaved in-process timing of all "
                        "rows (the speed-ups then come from the separate lmms-eval runs)")
     p_cmp.add_argument("--reference-eval", action="store_true", help="also score every row with dove llava-train's "

@@ -214,9 +214,16 @@ def read_results(results_file: str | os.PathLike, task: str) -> dict:
 # --- the comparison ---------------------------------------------------------------------------------------
 
 
+# The comparison's adapter options, the same for every row: one batched VQGAN call per batch (the VQGAN is a
+# shared, fixed cost of all rows; the one-image-at-a-time path doubles it without changing any answer here).
+COMPARE_MODEL_ARGS = {"batch_invariant": "false"}
+
+
 def mode_matrix(grid_model: str | None = None, dove_model: str | None = None, qdove_model: str | None = None,
-                fixed_k: tuple[int, ...] = ()) -> list[RunSpec]:
-    """The comparison rows: grid (base model), fixed-K and adaptive (DOVE model), query and query-null (Q-DOVE)."""
+                fixed_k: tuple[int, ...] = (), model_args: dict | None = None) -> list[RunSpec]:
+    """The comparison rows: grid (base model), fixed-K and adaptive (DOVE model), query and query-null (Q-DOVE);
+    every row gets the same adapter options `model_args` (default `COMPARE_MODEL_ARGS`)."""
+    args = COMPARE_MODEL_ARGS if model_args is None else model_args
     specs = []
     if grid_model:
         specs.append(RunSpec("grid", "grid", grid_model))
@@ -227,6 +234,8 @@ def mode_matrix(grid_model: str | None = None, dove_model: str | None = None, qd
         specs += [RunSpec("query", "query", qdove_model), RunSpec("query-null", "query-null", qdove_model)]
     if not specs:
         raise ValueError("nothing to compare: give at least one of --grid-model, --dove-model, --qdove-model.")
+    for spec in specs:
+        spec.model_args = dict(args)
     return specs
 
 
@@ -342,7 +351,7 @@ def reference_evaluation(spec: RunSpec, task_yaml: str | os.PathLike, batch_size
     export parameters (original images, not the PNG files); a user file is read back. `None` for query-null
     (`evaluate_vqa` gives a query-mode tower the question)."""
     from dove_vlm.llava.vqa import build_vqa_split, evaluate_vqa
-    from eval.lmms_adapter import load_dove_llava, parse_tower_mode, set_tower_mode
+    from eval.lmms_adapter import load_for_inference, parse_tower_mode
 
     mode, k, use_queries = parse_tower_mode(spec.mode)
     if mode == "query" and not use_queries:
@@ -358,8 +367,9 @@ def reference_evaluation(spec: RunSpec, task_yaml: str | os.PathLike, batch_size
         records = [dict(r, image=Image.open(r["image"]).convert("RGB"))
                    for r in read_records(include.parent / f"{task}.json")]
     records = records[:limit] if limit else records
-    model, processor = load_dove_llava(spec.pretrained)
-    set_tower_mode(model, processor, mode, k)
+    args = {key: spec.model_args[key] for key in ("batch_invariant", "merge_lora", "base_model", "merged")
+            if key in spec.model_args}
+    model, processor, _ = load_for_inference(spec.pretrained, mode, k, **args)
     return evaluate_vqa(model, processor, records, batch_size=batch_size, use_queries=use_queries)["accuracy"]
 
 
@@ -389,27 +399,51 @@ def demo_comparison(demo_dir: str | os.PathLike, seed: int = 0, fixed_k: tuple[i
 
 
 def side_by_side_latency(specs: list[RunSpec], task_yaml: str | os.PathLike, batch_size: int = 16,
-                         limit: int | None = None) -> dict:
-    """Seconds per sample of every row, measured in one process with the rows interleaved batch by batch (the
-    adapter's own `_generate`: tower, processor and greedy generation), so that a shared machine's load drifts
-    alike for all rows; the ratios to grid come from here."""
+                         limit: int | None = None, rounds: int = 3, window: int | None = None,
+                         stats: dict | None = None) -> dict:
+    """Seconds per sample of every row, measured in one process with the rows interleaved (the adapter's own
+    inference path, `DoveLlava._generate`: tower, processor, length-bucketed greedy generation), so that a shared
+    machine's load drifts alike for all rows; the ratios to grid come from here.
+
+    The questions run in windows of `window` requests (default: the adapter's bucketing window, `bucket_window`
+    batches); within every window each row runs once, in an order that rotates from window to window. `rounds`
+    repeats the whole pass (after one untimed warm-up batch per row); a row's figure is the median over rounds.
+    `stats`, when given, receives each row's mean tokens per image and prompt length."""
     from PIL import Image
 
     from eval.lmms_adapter import DoveLlava
 
     task, include = task_of(task_yaml)
-    records = read_records(include.parent / f"{task}.json")[:limit] if limit else read_records(
-        include.parent / f"{task}.json")
+    records = read_records(include.parent / f"{task}.json")
+    records = records[:limit] if limit else records
     models = {s.name: DoveLlava(pretrained=s.pretrained, tower_mode=s.mode, batch_size=batch_size, **s.model_args)
               for s in specs}
-    totals = dict.fromkeys(models, 0.0)
-    for b, start in enumerate(range(0, len(records), batch_size)):
-        batch = records[start : start + batch_size]
-        images = [Image.open(r["image"]).convert("RGB") for r in batch]
-        questions = [r["question"] for r in batch]
-        names = list(models)
-        for name in names[b % len(names):] + names[: b % len(names)]:  # rotate the order every batch
-            t0 = time.perf_counter()
-            models[name]._generate(images, questions, 4)
-            totals[name] += time.perf_counter() - t0
-    return {name: total / len(records) for name, total in totals.items()}
+    names = list(models)
+    window = window or batch_size * min(m.bucket_window for m in models.values())
+    windows = []
+    for start in range(0, len(records), window):
+        batch = records[start : start + window]
+        windows.append(([Image.open(r["image"]).convert("RGB") for r in batch], [r["question"] for r in batch]))
+    for name in names:  # warm-up: first-call allocations are not part of any row's time
+        models[name]._generate(windows[0][0][:batch_size], windows[0][1][:batch_size], 4)
+    per_round = {name: [] for name in names}
+    step = 0
+    for _ in range(max(1, rounds)):
+        totals = dict.fromkeys(names, 0.0)
+        for images, questions in windows:
+            for name in names[step % len(names):] + names[: step % len(names)]:  # rotate the order every window
+                t0 = time.perf_counter()
+                _, lengths, prompt_lengths, _, _ = models[name]._generate(images, questions, 4)
+                totals[name] += time.perf_counter() - t0
+                if stats is not None:
+                    row = stats.setdefault(name, {"tokens": 0, "prompt_tokens": 0, "samples": 0})
+                    row["tokens"] += sum(lengths)
+                    row["prompt_tokens"] += sum(prompt_lengths)
+                    row["samples"] += len(lengths)
+            step += 1
+        for name in names:
+            per_round[name].append(totals[name] / len(records))
+    for row in (stats or {}).values():
+        row["tokens_per_image"] = row["tokens"] / row["samples"]
+        row["prompt_tokens_mean"] = row["prompt_tokens"] / row["samples"]
+    return {name: sorted(values)[len(values) // 2] for name, values in per_round.items()}

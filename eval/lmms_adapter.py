@@ -108,28 +108,70 @@ def set_tower_mode(model, processor, mode: str | None, num_tokens: int | None = 
     return new
 
 
+def load_for_inference(pretrained: str, mode: str | None = None, num_tokens: int | None = None,
+                       batch_invariant: bool | str | None = None, merge_lora: bool | str = True,
+                       base_model: str | None = None, merged: bool | str = False):
+    """`(model, processor, tower)` of a model folder set up for evaluation: the tower in `mode` (see
+    `set_tower_mode`), `DoveConfig.batch_invariant` set when given, a LoRA adapter merged into the weights unless
+    `merge_lora` is false. The adapter and `dove eval compare --reference-eval` load models through here."""
+    model, processor = load_dove_llava(pretrained, base_model=base_model, merged=_flag(merged, "merged") or False)
+    tower = set_tower_mode(model, processor, mode, num_tokens)
+    invariant = _flag(batch_invariant, "batch_invariant")
+    if invariant is not None:
+        tower.dove.config.batch_invariant = invariant
+    if _flag(merge_lora, "merge_lora") is not False and hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    return model.eval(), processor, tower
+
+
+def _flag(value, name: str) -> bool | None:
+    """A boolean `--model_args` value (`true`/`false`, any case; `None`/"" keep the default)."""
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("", "none"):
+        return None
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ValueError(f"{name}={value!r} is not a boolean; write {name}=true or {name}=false.")
+
+
 class DoveLlava(lmms):
     """lmms-eval adapter: greedy `generate_until` for a DOVE-LLaVA model in one tower mode.
+
+    Inference path: the tower runs once per image, `batch_size` images at a time in request order; the language
+    model then answers in batches of `batch_size` prompts sorted by length (image + text tokens) within windows of
+    `bucket_window` batches, so a batch is padded to prompts of similar length; answers come back in request order.
 
     Args:
         pretrained: the model folder (see the module docstring).
         tower_mode: grid | fixed-K | adaptive | query | query-null; default: the tower's saved mode.
         num_tokens: K for `tower_mode=fixed`.
-        batch_size: prompts per `generate` call (left padding: answers do not depend on it).
+        batch_size: images per tower call and prompts per `generate` call (left padding: answers do not depend on
+            it).
         max_new_tokens: answer length limit when the task does not set one.
         base_model / merged: passed to `load_llava_lora` for LoRA folders.
+        batch_invariant: `DoveConfig.batch_invariant` of the tower (`false`: one batched VQGAN call and one padded
+            Q-DOVE call per batch, faster on CPU, last-bit differences across batch sizes); default: the model's.
+        merge_lora: merge a LoRA adapter into the language model's weights after loading (default `true`: the same
+            function without the adapter's extra matmuls at every layer; `false` runs peft's unmerged layers).
+        bucket_window: batches per length-sorting window (default 8; 1 keeps the request order).
         device: torch device (CPU by default).
     """
 
     def __init__(self, pretrained: str, tower_mode: str | None = None, num_tokens: int | None = None,
                  batch_size: int | str = 16, max_new_tokens: int = 4, base_model: str | None = None,
-                 merged: bool | str = False, device: str | None = None, **kwargs) -> None:
+                 merged: bool | str = False, batch_invariant: bool | str | None = None, merge_lora: bool | str = True,
+                 bucket_window: int | str = 8, device: str | None = None, **kwargs) -> None:
         super().__init__()
         mode, k, use_queries = parse_tower_mode(tower_mode, num_tokens)
         self.batch_size_per_gpu = max(1, int(batch_size)) if str(batch_size).isdigit() else 16
         self.max_new_tokens = int(max_new_tokens)
-        model, processor = load_dove_llava(pretrained, base_model=base_model, merged=str(merged).lower() == "true")
-        self.tower = set_tower_mode(model, processor, mode, k)
+        self.bucket_window = max(1, int(bucket_window))
+        model, processor, self.tower = load_for_inference(pretrained, mode, k, batch_invariant, merge_lora,
+                                                          base_model=base_model, merged=merged)
         self.use_queries = self.tower.supports_queries if use_queries is None else use_queries
         wants_cuda = bool(device) and str(device).startswith("cuda")
         self.device = torch.device(device if device and (not wants_cuda or torch.cuda.is_available()) else "cpu")
@@ -142,17 +184,21 @@ class DoveLlava(lmms):
         return self.batch_size_per_gpu
 
     @torch.no_grad()
-    def _generate(self, images: list, questions: list[str], max_new_tokens: int):
-        """Greedy answers, image-token counts, prompt lengths and answer lengths of one batch. The tower runs once:
-        its features give the counts to the processor (`image_lengths`) and go to `generate` as
+    def _encode_images(self, images: list, queries: list):
+        """Projected features (one `(L_i, hidden)` tensor per image) of one tower call."""
+        pixel_values = self.processor.image_processor(images, return_tensors="pt")["pixel_values"].to(self.device)
+        return _base_model(self.model).get_image_features(
+            pixel_values=pixel_values, image_queries=queries if self.use_queries else None)
+
+    @torch.no_grad()
+    def _answer(self, images: list, questions: list[str], queries: list, features: list, max_new_tokens: int):
+        """Greedy answers, prompt lengths and answer lengths of one `generate` call on precomputed features: the
+        processor expands each `<image>` to its image's count (`image_lengths`) and `generate` gets the features as
         `mm_encoder_outputs` (the same answers as passing pixels, without a second tower pass)."""
+        from dove_vlm.llava.modeling_dove_llava import DoveImageFeaturesOutput
         from dove_vlm.llava.vqa import build_prompt
 
-        queries = list(questions) if self.use_queries else [None] * len(questions)
-        pixel_values = self.processor.image_processor(images, return_tensors="pt")["pixel_values"].to(self.device)
-        features = _base_model(self.model).get_image_features(
-            pixel_values=pixel_values, image_queries=queries if self.use_queries else None)
-        lengths = [int(n) for n in features.lengths.reshape(-1).tolist()]
+        lengths = [int(f.shape[0]) for f in features]
         tokenizer = self.processor.tokenizer
         side, tokenizer.padding_side = tokenizer.padding_side, "left"
         try:
@@ -161,44 +207,77 @@ class DoveLlava(lmms):
         finally:
             tokenizer.padding_side = side
         input_ids, attention_mask = inputs["input_ids"].to(self.device), inputs["attention_mask"].to(self.device)
+        image = DoveImageFeaturesOutput(pooler_output=list(features), lengths=torch.tensor(lengths))
         output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                     mm_encoder_outputs={"image": features}, max_new_tokens=max_new_tokens,
+                                     mm_encoder_outputs={"image": image}, max_new_tokens=max_new_tokens,
                                      do_sample=False, num_beams=1, pad_token_id=tokenizer.pad_token_id)
         new_tokens = output[:, input_ids.shape[1]:]
         texts = [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
         out_lens = (new_tokens != tokenizer.pad_token_id).sum(1).tolist()
-        in_lens = attention_mask.sum(1).tolist()
-        return texts, lengths, in_lens, out_lens
+        return texts, attention_mask.sum(1).tolist(), out_lens
+
+    def _generate(self, images: list, questions: list[str], max_new_tokens: int):
+        """Answers of any number of requests: `(texts, image-token counts, prompt lengths, answer lengths, seconds
+        per request)`, in request order. The tower runs once per image (`batch_size` at a time, in order); the
+        language model runs on batches sorted by prompt length within windows of `bucket_window` batches. A
+        request's seconds are its share of its tower call plus its share of its `generate` call."""
+        n, size = len(images), self.batch_size
+        queries = list(questions) if self.use_queries else [None] * n
+        texts, in_lens, out_lens, seconds = [None] * n, [0] * n, [0] * n, [0.0] * n
+        lengths = [0] * n
+        window = size * self.bucket_window
+        for first in range(0, n, window):
+            rows = range(first, min(n, first + window))
+            features = {}
+            for start in range(rows.start, rows.stop, size):
+                chunk = range(start, min(rows.stop, start + size))
+                started = time.perf_counter()
+                out = self._encode_images([images[i] for i in chunk], [queries[i] for i in chunk])
+                share = (time.perf_counter() - started) / len(chunk)
+                for i, f in zip(chunk, out.pooler_output):
+                    features[i], lengths[i], seconds[i] = f, int(f.shape[0]), share
+            order = sorted(rows, key=lambda i: (lengths[i], len(questions[i]), i)) if self.bucket_window > 1 \
+                else list(rows)
+            for start in range(0, len(order), size):
+                batch = order[start : start + size]
+                started = time.perf_counter()
+                answers, prompt_lens, answer_lens = self._answer(
+                    [images[i] for i in batch], [questions[i] for i in batch], [queries[i] for i in batch],
+                    [features[i] for i in batch], max_new_tokens)
+                share = (time.perf_counter() - started) / len(batch)
+                for i, text, n_in, n_out in zip(batch, answers, prompt_lens, answer_lens):
+                    texts[i], in_lens[i], out_lens[i] = text, int(n_in), int(n_out)
+                    seconds[i] += share
+        return texts, lengths, in_lens, out_lens, seconds
 
     def generate_until(self, requests) -> list[GenerationResult]:
-        results: list[GenerationResult] = []
-        for start in range(0, len(requests), self.batch_size):
-            batch = requests[start : start + self.batch_size]
-            images, questions, until, max_new = [], [], [], self.max_new_tokens
-            for req in batch:
-                context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
-                visuals = doc_to_visual(self.task_dict[task][split][doc_id]) or []
-                if len(visuals) != 1:
-                    raise ValueError(f"dove_llava takes exactly one image per question; doc {doc_id} of {task} has "
-                                     f"{len(visuals)}.")
-                images.append(visuals[0].convert("RGB") if hasattr(visuals[0], "convert") else visuals[0])
-                questions.append(context)
-                stops = (gen_kwargs or {}).get("until") or []
-                until.append([stops] if isinstance(stops, str) else list(stops))
-                max_new = int((gen_kwargs or {}).get("max_new_tokens", max_new))
-            started = time.perf_counter()
-            texts, lengths, in_lens, out_lens = self._generate(images, questions, max_new)
-            seconds = (time.perf_counter() - started) / len(batch)
-            for text, stops, n_img, n_in, n_out in zip(texts, until, lengths, in_lens, out_lens):
-                for stop in stops:
+        images, questions, until, max_new = [], [], [], []
+        for req in requests:
+            context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
+            visuals = doc_to_visual(self.task_dict[task][split][doc_id]) or []
+            if len(visuals) != 1:
+                raise ValueError(f"dove_llava takes exactly one image per question; doc {doc_id} of {task} has "
+                                 f"{len(visuals)}.")
+            images.append(visuals[0].convert("RGB") if hasattr(visuals[0], "convert") else visuals[0])
+            questions.append(context)
+            stops = (gen_kwargs or {}).get("until") or []
+            until.append([stops] if isinstance(stops, str) else list(stops))
+            max_new.append(int((gen_kwargs or {}).get("max_new_tokens", self.max_new_tokens)))
+        results: list[GenerationResult | None] = [None] * len(requests)
+        for limit in sorted(set(max_new)):  # one answer-length limit per generate call
+            rows = [i for i, m in enumerate(max_new) if m == limit]
+            texts, lengths, in_lens, out_lens, seconds = self._generate(
+                [images[i] for i in rows], [questions[i] for i in rows], limit)
+            for i, text, n_img, n_in, n_out, sec in zip(rows, texts, lengths, in_lens, out_lens, seconds):
+                for stop in until[i]:
                     if stop:
                         text = text.split(stop)[0]
-                log_metrics(total_elapsed_time=seconds, total_gen_tokens=int(n_out),
-                            avg_speed=n_out / seconds if seconds > 0 else 0.0,
+                log_metrics(total_elapsed_time=sec, total_gen_tokens=int(n_out),
+                            avg_speed=n_out / sec if sec > 0 else 0.0,
                             additional_metrics={"total_requests": 1, "image_tokens": n_img,
                                                 "image_tokens_sq": n_img * n_img})
-                results.append(GenerationResult(text=text.strip(), token_counts=TokenCounts(
-                    input_tokens=int(n_in), output_tokens=int(n_out))))
+                results[i] = GenerationResult(text=text.strip(), token_counts=TokenCounts(
+                    input_tokens=int(n_in), output_tokens=int(n_out)))
         return results
 
     def loglikelihood(self, requests):

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from eval.compare import export_file, mode_matrix, read_records, task_of
 from eval.lmms_adapter import DoveLlava, load_dove_llava, parse_tower_mode, set_tower_mode
@@ -155,3 +156,59 @@ def test_demo_comparison_without_llava_stages(tmp_path):
     from eval.compare import demo_comparison
 
     assert demo_comparison(tmp_path) is None
+
+
+def test_bucketed_batches_answer_in_request_order(llava_dir, task_yaml, monkeypatch):
+    """The language model runs on length-sorted batches; answers, counts and per-request seconds come back in the
+    requests' order, equal to unsorted batches, and the tower still runs once per image."""
+    records = read_records(task_yaml.parent.parent / "dove_vqa_test.json")
+    outputs, batches = {}, {}
+    for window in (1, 8):
+        lm = DoveLlava(pretrained=llava_dir, tower_mode="query", batch_size=2, bucket_window=window)
+        seen, calls = [], []
+        hook = lm.tower.register_forward_hook(lambda module, args, out: seen.append(out.lengths.numel()))
+        answer = lm._answer
+        monkeypatch.setattr(lm, "_answer", lambda images, questions, *rest: calls.append(list(questions))
+                            or answer(images, questions, *rest))
+        reqs, lm.task_dict = _requests(records)
+        try:
+            outputs[window] = [(o.text, o.token_counts.input_tokens) for o in lm.generate_until(reqs)]
+        finally:
+            hook.remove()
+        assert sum(seen) == len(records) and max(seen) <= 2  # once per image, batch_size at a time
+        batches[window] = calls
+    assert outputs[1] == outputs[8]
+    questions = [r["question"] for r in records]
+    assert [q for batch in batches[1] for q in batch] == questions  # window 1: request order
+    assert sorted(q for batch in batches[8] for q in batch) == sorted(questions)
+    texts, lengths, _, _, seconds = DoveLlava(pretrained=llava_dir, tower_mode="query", batch_size=2)._generate(
+        [Image.open(r["image"]).convert("RGB") for r in records], questions, 4)
+    assert len(texts) == len(lengths) == len(seconds) == len(records) and all(s > 0 for s in seconds)
+
+
+def test_batch_invariant_and_merge_lora_options(llava_dir, monkeypatch):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    assert DoveLlava(pretrained=llava_dir, tower_mode="adaptive").tower.dove.config.batch_invariant is True
+    lm = DoveLlava(pretrained=llava_dir, tower_mode="adaptive", batch_invariant="false")
+    assert lm.tower.dove.config.batch_invariant is False
+    assert lm.model.model.vision_tower is lm.tower
+    with pytest.raises(ValueError, match="batch_invariant=true or batch_invariant=false"):
+        DoveLlava(pretrained=llava_dir, batch_invariant="maybe")
+
+    import eval.lmms_adapter as adapter
+
+    def peft_loader(pretrained, **kwargs):  # a LoRA stage: peft-wrapped language model
+        model, processor = load_dove_llava(pretrained)
+        config = LoraConfig(r=4, target_modules=r".*language_model\..*\.(q_proj|v_proj)", init_lora_weights=False)
+        torch.manual_seed(0)  # the same random (non-zero) LoRA weights in both loads
+        return get_peft_model(model, config), processor
+
+    monkeypatch.setattr(adapter, "load_dove_llava", peft_loader)
+    merged = DoveLlava(pretrained=llava_dir, tower_mode="query")
+    unmerged = DoveLlava(pretrained=llava_dir, tower_mode="query", merge_lora="false")
+    assert not hasattr(merged.model, "merge_and_unload") and hasattr(unmerged.model, "merge_and_unload")
+    questions = ["what colour is the circle ?", "how many shapes are there ?"]
+    images = [Image.new("RGB", (32, 32), c) for c in ("red", "blue")]
+    assert merged._generate(images, questions, 4)[:4] == unmerged._generate(images, questions, 4)[:4]
