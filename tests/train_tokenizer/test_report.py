@@ -56,7 +56,8 @@ def test_report_writes_every_section_and_figure(saved_model, query_model, tmp_pa
     assert sum(lengths["histogram"].values()) == 12 and -1 <= lengths["spearman_length_vs_laplacian"] <= 1
     probe = report["probe"][0]
     assert probe["num_train"] + probe["num_test"] == 60
-    assert set(probe["features"]) == {"dove_tokens", "dove_hidden", "vqgan_latents"}
+    assert set(probe["features"]) == {"dove_tokens", "dove_hidden", "dove_hidden_pca", "vqgan_latents"}
+    assert probe["features"]["dove_hidden_pca"]["dim"] == probe["features"]["vqgan_latents"]["dim"]
     assert len(report["photos"]["photos"]) >= 10 and report["queries"]["num_images"] > 0
     for name in report["figures"]:
         assert (tmp_path / "report" / name).stat().st_size > 1000

@@ -39,13 +39,13 @@ def plot_quality_curve(quality: dict, path: Path) -> None:
 
 
 def plot_probe(probes: list[dict], path: Path) -> None:
-    names = ["dove_tokens", "dove_hidden", "vqgan_latents"]
-    labels = ["DOVE tokens", "DOVE hidden states", "VQGAN latents"]
+    names = ["dove_tokens", "dove_hidden", "dove_hidden_pca", "vqgan_latents"]
+    labels = ["DOVE tokens", "DOVE hidden states", "DOVE hidden, PCA to VQGAN width", "VQGAN latents"]
     fig, ax = plt.subplots(figsize=(1.8 + 2.2 * len(probes), 3.2))
     width = 0.8 / len(names)
     for j, (name, label) in enumerate(zip(names, labels)):
         values = [p["features"][name]["accuracy"] for p in probes]
-        ax.bar(np.arange(len(probes)) + (j - 1) * width, values, width, label=label)
+        ax.bar(np.arange(len(probes)) + (j - (len(names) - 1) / 2) * width, values, width, label=label)
     for i, p in enumerate(probes):
         ax.hlines(p["chance_majority"], i - 0.45, i + 0.45, colors="k", linestyles="dotted")
     ax.set_xticks(np.arange(len(probes)), [Path(p["data"]).name for p in probes])

@@ -2,8 +2,9 @@
 mean-pooled raw VQGAN latents, with the same train/test split.
 
 Features per image: `dove_tokens` (the kept tokens, mean-pooled: `token_dim` numbers), `dove_hidden` (the
-generator's hidden states at the kept slots, mean-pooled: the input of the token head) and `vqgan_latents`
-(the continuous latents mean-pooled over the grid). Each probe standardises its features and picks the inverse
+generator's hidden states at the kept slots, mean-pooled: the input of the token head), `dove_hidden_pca` (those
+reduced by PCA to the VQGAN latents' width, a control for dimension) and `vqgan_latents` (the continuous latents
+mean-pooled over the grid). Each probe standardises its features and picks the inverse
 regularisation C by 3-fold cross-validation on the training part only.
 
 Data sets: `shapes` (embedded single-object scenes: `SyntheticScenes(max_objects=1)`, empty scenes dropped; the
@@ -131,6 +132,12 @@ def linear_probe(model: DoveModel, data: ProbeData, test_fraction: float = 0.3, 
     train, test = train_test_split(index, test_size=test_fraction, random_state=seed, stratify=stratify)
     results = {name: fit_probe(f[train], data.labels[train], f[test], data.labels[test], seed)
                for name, f in features.items()}
+    # Control for dimension: the hidden states reduced by PCA (fitted on the training part) to the VQGAN's width.
+    from sklearn.decomposition import PCA
+
+    width = min(features["vqgan_latents"].shape[1], len(train), features["dove_hidden"].shape[1])
+    reduced = PCA(width, random_state=seed).fit(features["dove_hidden"][train]).transform(features["dove_hidden"])
+    results["dove_hidden_pca"] = fit_probe(reduced[train], data.labels[train], reduced[test], data.labels[test], seed)
     majority = float(np.mean(data.labels[test] == np.bincount(data.labels[train]).argmax()))
     return {"data": data.name, "num_train": len(train), "num_test": len(test), "num_classes": len(classes),
             "chance_majority": majority, "features": results,

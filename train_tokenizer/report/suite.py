@@ -181,8 +181,9 @@ def format_report_summary(report: dict, output_dir: str) -> str:
     for p in report.get("probe", []):
         f = p["features"]
         lines.append(f"linear probe on {p['data']} ({p['num_classes']} classes, {p['num_test']} test images): DOVE tokens "
-                     f"{f['dove_tokens']['accuracy']:.3f}, DOVE hidden states {f['dove_hidden']['accuracy']:.3f}, VQGAN "
-                     f"latents {f['vqgan_latents']['accuracy']:.3f} (majority {p['chance_majority']:.3f})")
+                     f"{f['dove_tokens']['accuracy']:.3f}, DOVE hidden states {f['dove_hidden']['accuracy']:.3f} (PCA to "
+                     f"{f['dove_hidden_pca']['dim']} dims: {f['dove_hidden_pca']['accuracy']:.3f}), VQGAN latents "
+                     f"{f['vqgan_latents']['accuracy']:.3f} (majority {p['chance_majority']:.3f})")
     if "photos" in report:
         ph = report["photos"]
         order = ", ".join(f"{r['photo']} {r['tokens']}" for r in ph["photos"])
