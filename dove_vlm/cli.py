@@ -7,7 +7,6 @@ import dataclasses
 import json
 import os
 import sys
-import time
 import typing
 from pathlib import Path
 
@@ -156,39 +155,10 @@ def _report(ns: argparse.Namespace) -> int:
     return 0
 
 
-# Q-DOVE fine-tunes the trained DOVE (decoder kept, null query distilled from DOVE), with the EOS weight
-# quickly at full strength.
-QDOVE_DEMO_SCHEDULE = dict(max_steps=2500, warmup_steps=50, eos_weight_start=0.1, eos_warmup_steps=0,
-                           eos_ramp_steps=300, learning_rate=5e-4, freeze_decoder=True)
-
-
 def _demo(ns: argparse.Namespace) -> int:
-    from eval.compare import demo_comparison
-    from train_tokenizer.config import TrainingArguments
-    from train_tokenizer.train import train
+    from .demo import run_demo
 
-    started = time.time()
-    output_dir = Path(ns.output_dir)
-    stages = 3 if ns.llava else 2
-    print(f"[dove demo] stage 1/{stages}: training the tiny DOVE tokenizer into {output_dir / 'tokenizer'}", flush=True)
-    dove_args = TrainingArguments(output_dir=str(output_dir / "tokenizer"), preset="tiny", seed=ns.seed, resume=True)
-    reports = [format_report(train(dove_args), dove_args.output_dir)]
-    print(f"[dove demo] stage 2/{stages}: Q-DOVE (text queries) from it into {output_dir / 'qdove'}", flush=True)
-    query_args = TrainingArguments(output_dir=str(output_dir / "qdove"), preset="tiny", seed=ns.seed, resume=True,
-                                   query=True, init_from=dove_args.output_dir, **QDOVE_DEMO_SCHEDULE)
-    reports.append(format_report(train(query_args), query_args.output_dir))
-    if ns.llava:
-        from .llava.demo import run_llava_demo
-
-        print(f"[dove demo] stage 3/{stages}: LLaVA (grid base, DOVE and Q-DOVE LoRA) into {output_dir}", flush=True)
-        table, _ = run_llava_demo(dove_args.output_dir, query_args.output_dir, str(output_dir), seed=ns.seed)
-        reports.append(table)
-    comparison = demo_comparison(output_dir, seed=ns.seed)  # closing report: accuracy vs tokens through lmms-eval
-    if comparison:
-        reports.append(comparison)
-    report = "\n\n".join(reports) + f"\n\ndemo finished in {time.time() - started:.0f} s"
-    (output_dir / "report.md").write_text("# dove demo report\n\n```\n" + report + "\n```\n")
-    print("\n" + report)
+    print("\n" + run_demo(ns.output_dir, seed=ns.seed, llava=not ns.no_llava, jobs=ns.jobs))
     return 0
 
 
@@ -334,9 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo = sub.add_parser("demo", help="the whole pipeline at tiny scale on the embedded data")
     p_demo.add_argument("--output-dir", default="runs/demo")
     p_demo.add_argument("--seed", type=int, default=0)
-    p_demo.add_argument("--llava", action="store_true",
-                        help="also train the tiny LLaVA stages (grid base, DOVE/Q-DOVE LoRA) and end with the lmms-eval "
-                             "comparison (work in progress: its accuracy targets and time budget are not met yet)")
+    p_demo.add_argument("--no-llava", action="store_true",
+                        help="stop after the tokenizer stages (DOVE, Q-DOVE): no LLaVA stages, no lmms-eval comparison")
+    p_demo.add_argument("--jobs", type=int, default=None,
+                        help="processes for the stage that runs Q-DOVE and the LLaVA base in parallel "
+                             "(default 2 on a machine with 2+ cores; 1 = one after the other)")
     p_demo.set_defaults(func=_demo)
     return parser
 

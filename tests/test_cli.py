@@ -73,11 +73,12 @@ def test_encode_with_query_batches_and_plain_model_refuses_queries(micro_model, 
     assert main(["encode", paths[0], "--model", str(tmp_path / "model"), "--query", "  "]) == 0
 
 
-def test_demo_llava_stages_are_opt_in():
+def test_demo_runs_the_llava_stages_unless_told_not_to():
     from dove_vlm.cli import build_parser
 
-    assert build_parser().parse_args(["demo"]).llava is False
-    assert build_parser().parse_args(["demo", "--llava", "--output-dir", "x"]).llava is True
+    default = build_parser().parse_args(["demo"])
+    assert default.no_llava is False and default.jobs is None
+    assert build_parser().parse_args(["demo", "--no-llava", "--jobs", "1", "--output-dir", "x"]).no_llava is True
 
 
 def test_report_command_and_its_bad_inputs(micro_model, tmp_path, capsys):

@@ -1,5 +1,6 @@
-"""End to end at the tiny preset (about 15 minutes on a 2-core CPU): `python -m pytest -m slow`.
-Runs the real `dove demo` command line and checks the tokenizer's and Q-DOVE's targets on held-out scenes."""
+"""End to end at the tiny preset (about 25 minutes on a 2-core CPU): `python -m pytest -m slow`.
+Runs the real `dove demo` command line and checks the tokenizer's and Q-DOVE's targets on held-out scenes, and that
+the LLaVA stages and the lmms-eval comparison report."""
 
 import json
 import os
@@ -29,3 +30,6 @@ def test_dove_demo_meets_the_targets(tmp_path):
     assert q["query_over_null_tokens"] <= 0.5
     assert q["in_box_psnr_query_minus_null"] >= -0.5
     assert abs(q["null_over_plain_tokens"] - 1) <= 0.10
+    llava = json.loads((tmp_path / "llava_results.json").read_text())
+    assert len(llava["stages"]) == 3 and all(s["accuracy"] is not None for s in llava["stages"].values())
+    assert (tmp_path / "eval_compare" / "comparison.json").is_file()

@@ -58,7 +58,7 @@ def run_llava_demo(tokenizer_dir: str, qdove_dir: str | None, output_dir: str, s
     for i, (name, kwargs, path) in enumerate(stages, 1):
         log(f"[dove demo] LLaVA {i}/{len(stages)}: {name} into {path}")
         args = LlavaTrainingArguments(**{**common, **kwargs, "output_dir": str(path), "seed": seed, "resume": True})
-        metrics = train_llava(args)
+        metrics = finished_stage(args) or train_llava(args)
         reports.append(format_llava_report(metrics, str(path)))
         results["stages"][name] = summarize(metrics)
         if i == 1:  # the baselines of the base stage's training answers (the same held-out questions throughout)
@@ -69,6 +69,20 @@ def run_llava_demo(tokenizer_dir: str, qdove_dir: str | None, output_dir: str, s
                                           "\n\n".join(reports) + "\n```\n")
     (root / "llava_results.json").write_text(json.dumps(results, indent=2))
     return table, results
+
+
+def finished_stage(args: LlavaTrainingArguments) -> dict | None:
+    """The metrics of a stage already trained and scored with exactly `args` (so a rerun of the demo, or its
+    parallel branch, does not rebuild features and re-evaluate), else `None`."""
+    path = Path(args.output_dir) / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    done = metrics.get("args") == json.loads(json.dumps(args.to_dict())) and "eval" in metrics
+    return metrics if done else None
 
 
 def summarize(metrics: dict) -> dict:

@@ -612,7 +612,7 @@ def train_llava(args: LlavaTrainingArguments) -> dict:
         "batch_size": args.batch_size, "learning_rate": args.learning_rate, "num_train_questions": len(records),
         "num_train_examples": len(examples), "turns_per_image": args.turns_per_image,
         "num_train_scenes": args.num_train_scenes, "trainable_parameters": num_trainable,
-        "train_type_counts": type_counts(records), "history": history,
+        "train_type_counts": type_counts(records), "history": history, "args": args.to_dict(),
     }
     if cache is not None:
         lengths = cache.lengths()

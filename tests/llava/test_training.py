@@ -238,12 +238,19 @@ def test_run_llava_demo_three_stages(dove_dir, qdove_dir, tmp_path):
     micro = {k: v for k, v in MICRO_LLAVA.items() if k not in ("hidden_size", "num_hidden_layers",
                                                                 "num_attention_heads", "intermediate_size")}
     shape = {k: MICRO_LLAVA[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")}
-    table, results = run_llava_demo(dove_dir, qdove_dir, str(tmp_path), seed=0, shared=dict(micro, num_train_scenes=8),
-                                    base=dict(shape, max_steps=2, turns_per_image=4), lora=dict(max_steps=2, lora_r=2),
-                                    qdove=dict(batch_size=8, num_train_scenes=8),
-                                    log=lambda *_: None)
+    settings = dict(shared=dict(micro, num_train_scenes=8, captions=True),
+                    base=dict(shape, max_steps=2, turns_per_image=4), lora=dict(max_steps=2, lora_r=2),
+                    qdove=dict(batch_size=8, num_train_scenes=8), log=lambda *_: None)
+    table, results = run_llava_demo(dove_dir, qdove_dir, str(tmp_path), seed=0, **settings)
     names = list(results["stages"])
     assert len(names) == 3 and [results["stages"][n]["mode"] for n in names] == ["grid", "adaptive", "query"]
     assert all(n in table for n in names) and "Majority-answer baselines" in table
     assert results["stages"][names[0]]["tokens_per_image_mean"] == 64
     assert (tmp_path / "llava_qdove" / "adapter" / "adapter_config.json").is_file()
+    metrics = json.loads((tmp_path / "llava_base" / "metrics.json").read_text())
+    assert metrics["train_type_counts"]["caption"] == 8  # one dense caption turn per training scene
+    # A rerun reuses every finished stage (same arguments): nothing is retrained or re-scored.
+    stamps = {n: (tmp_path / n / "metrics.json").stat().st_mtime_ns for n in ("llava_base", "llava_dove", "llava_qdove")}
+    again_table, again = run_llava_demo(dove_dir, qdove_dir, str(tmp_path), seed=0, **settings)
+    assert again_table == table
+    assert stamps == {n: (tmp_path / n / "metrics.json").stat().st_mtime_ns for n in stamps}

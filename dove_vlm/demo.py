@@ -1,0 +1,109 @@
+"""`dove demo`: the whole pipeline at tiny scale on the embedded data, resumable stage by stage.
+
+1. DOVE tokenizer (all threads);
+2. in parallel, one process each: Q-DOVE (text queries, from the DOVE checkpoint) | tiny LLaVA on the grid tower
+   then DOVE adaptive LoRA — the two branches need only stage 1, and tiny models use a second thread poorly, so
+   two one-thread processes finish sooner than the same work in sequence;
+3. Q-DOVE LoRA (needs both branches);
+4. the lmms-eval comparison (accuracy, tokens per image and latency of every tower mode) as the closing report.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+# Q-DOVE fine-tunes the trained DOVE (decoder kept, null query distilled from DOVE), with the EOS weight
+# quickly at full strength.
+QDOVE_DEMO_SCHEDULE = dict(max_steps=2500, warmup_steps=50, eos_weight_start=0.1, eos_warmup_steps=0,
+                           eos_ramp_steps=300, learning_rate=5e-4, freeze_decoder=True)
+
+
+def _tokenizer_args(output_dir: Path, seed: int, query: bool):
+    from train_tokenizer.config import TrainingArguments
+
+    if not query:
+        return TrainingArguments(output_dir=str(output_dir / "tokenizer"), preset="tiny", seed=seed, resume=True)
+    return TrainingArguments(output_dir=str(output_dir / "qdove"), preset="tiny", seed=seed, resume=True, query=True,
+                             init_from=str(output_dir / "tokenizer"), **QDOVE_DEMO_SCHEDULE)
+
+
+def _train_tokenizer(output_dir: str, seed: int, query: bool, threads: int | None = None) -> str:
+    """One tokenizer stage; returns its text report (a top-level function: it runs in a worker process)."""
+    from train_tokenizer.train import train
+
+    from .cli import format_report
+
+    if threads:
+        _set_threads(threads)
+    args = _tokenizer_args(Path(output_dir), seed, query)
+    return format_report(train(args), args.output_dir)
+
+
+def _llava_branch(output_dir: str, seed: int, with_qdove: bool, threads: int | None = None) -> tuple[str, dict]:
+    """The LLaVA stages: grid base + DOVE LoRA, and Q-DOVE LoRA when `with_qdove` (finished stages are reused)."""
+    from .llava.demo import run_llava_demo
+
+    if threads:
+        _set_threads(threads)
+    root = Path(output_dir)
+    return run_llava_demo(str(root / "tokenizer"), str(root / "qdove") if with_qdove else None, output_dir, seed=seed)
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def run_demo(output_dir: str | os.PathLike = "runs/demo", seed: int = 0, llava: bool = True, jobs: int | None = None,
+             log=_say) -> str:
+    """Run every stage (each resumes or is reused when already finished) and return the markdown report, also
+    written to `output_dir/report.md`.
+
+    Args:
+        output_dir: `tokenizer/`, `qdove/`, `llava_base/`, `llava_dove/`, `llava_qdove/`, `eval_compare/`.
+        seed: data order and initialisation of every stage.
+        llava: also train the LLaVA stages and end with the lmms-eval comparison.
+        jobs: processes for stage 2 (default: 2 when the machine has 2 or more cores, else 1 = in sequence).
+    """
+    from eval.compare import demo_comparison
+
+    started = time.time()
+    root = Path(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    jobs = jobs or (2 if (os.cpu_count() or 1) >= 2 else 1)
+    total = 4 if llava else 2
+    log(f"[dove demo] stage 1/{total}: training the tiny DOVE tokenizer into {root / 'tokenizer'}")
+    reports = [_train_tokenizer(str(root), seed, query=False)]
+    if llava and jobs > 1:
+        threads = max(1, (os.cpu_count() or 2) // 2)
+        log(f"[dove demo] stage 2/{total}: in parallel ({jobs} processes, {threads} thread(s) each): Q-DOVE into "
+            f"{root / 'qdove'} | LLaVA on the grid tower, then DOVE LoRA, into {root}")
+        with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+            qdove = pool.submit(_train_tokenizer, str(root), seed, True, threads)
+            branch = pool.submit(_llava_branch, str(root), seed, False, threads)
+            reports.append(qdove.result())
+            branch.result()
+    else:
+        log(f"[dove demo] stage 2/{total}: Q-DOVE (text queries) from it into {root / 'qdove'}")
+        reports.append(_train_tokenizer(str(root), seed, query=True))
+    if llava:
+        log(f"[dove demo] stage 3/{total}: LLaVA stages (grid base, DOVE LoRA, Q-DOVE LoRA) into {root}")
+        table, _ = _llava_branch(str(root), seed, True)
+        reports.append(table)
+        log(f"[dove demo] stage 4/{total}: lmms-eval comparison of the tower modes into {root / 'eval_compare'}",
+            flush=True)
+    comparison = demo_comparison(root, seed=seed)  # closing report: accuracy vs tokens through lmms-eval
+    if comparison:
+        reports.append(comparison)
+    report = "\n\n".join(reports) + f"\n\ndemo finished in {time.time() - started:.0f} s"
+    (root / "report.md").write_text("# dove demo report\n\n```\n" + report + "\n```\n")
+    return report
