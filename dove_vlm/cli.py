@@ -26,10 +26,10 @@ def _add_dataclass_arguments(parser: argparse.ArgumentParser, cls, skip=()) -> N
         base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
         default = None if f.default is dataclasses.MISSING else f.default
         if base is bool:
-            parser.add_argument(flag, action="store_true", default=bool(default))
+            parser.add_argument(flag, action="store_true", default=bool(default), help=f.metadata.get("help"))
         else:
             parser.add_argument(flag, type=base, default=default, required=f.default is dataclasses.MISSING
-                                and f.default_factory is dataclasses.MISSING)
+                                and f.default_factory is dataclasses.MISSING, help=f.metadata.get("help"))
 
 
 def json_object(text: str) -> dict:
@@ -141,15 +141,7 @@ def _encode(ns: argparse.Namespace) -> int:
 def _report(ns: argparse.Namespace) -> int:
     from train_tokenizer.report import ReportConfig, format_report_summary, run_report
 
-    config = ReportConfig(
-        model=ns.model, output_dir=ns.output_dir, data=ns.data, split=ns.split, num_images=ns.num_images,
-        token_counts=[int(k) for k in ns.token_counts.split(",")] if ns.token_counts else None,
-        batch_size=ns.batch_size, inception_weights=ns.inception_weights, fid_images=ns.fid_images,
-        lpips=not ns.no_lpips, lpips_trunk_weights=ns.lpips_trunk_weights,
-        probe_data=ns.probe_data, probe_label_column=ns.probe_label_column, probe_images=ns.probe_images,
-        query_model=ns.query_model, query_scenes=ns.query_scenes,
-        sections=tuple(ns.sections.split(",")) if ns.sections else ReportConfig.__dataclass_fields__["sections"].default,
-        seed=ns.seed)
+    config = _from_namespace(ReportConfig, ns)
     report = run_report(config)
     print(format_report_summary(report, config.output_dir))
     return 0
@@ -276,29 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "own evaluation (evaluate_vqa, in process) and report the difference")
     p_cmp.set_defaults(func=_eval_compare)
 
+    from train_tokenizer.report import SECTIONS, ReportConfig
+
     p_report = sub.add_parser("report", help="tokenizer report: quality per token count (PSNR/LPIPS/rFID), lengths vs "
                               "complexity, linear probe, PCA picture, scikit-image photos, Q-DOVE per query")
-    p_report.add_argument("--model", required=True, help="a DOVE checkpoint folder")
-    p_report.add_argument("--output-dir", default="runs/report")
-    p_report.add_argument("--data", default="synthetic", help="synthetic[:N], an image folder or a saved datasets folder")
-    p_report.add_argument("--split", default="test", help="split of a saved DatasetDict")
-    p_report.add_argument("--num-images", type=int, default=200)
-    p_report.add_argument("--token-counts", default=None, help="comma-separated forced k (default 4,8,...,max)")
-    p_report.add_argument("--batch-size", type=int, default=50)
-    p_report.add_argument("--inception-weights", default=None, help="local InceptionV3 weights for rFID "
-                          "(torch-fidelity's pt_inception-2015-12-05 file); without it rFID is skipped")
-    p_report.add_argument("--fid-images", type=int, default=500)
-    p_report.add_argument("--no-lpips", action="store_true")
-    p_report.add_argument("--lpips-trunk-weights", default=None, help="local torchvision alexnet weights for LPIPS")
+    _add_dataclass_arguments(p_report, ReportConfig, skip=("token_counts", "probe_data", "sections"))
+    p_report.add_argument("--token-counts", type=lambda text: [int(k) for k in text.split(",")], default=None,
+                          help="comma-separated forced k (default 4,8,...,max)")
     p_report.add_argument("--probe-data", nargs="*", default=["shapes", "digits"],
                           help="shapes, digits and/or saved `datasets` folders with a class-label column")
-    p_report.add_argument("--probe-label-column", default=None)
-    p_report.add_argument("--probe-images", type=int, default=2000)
-    p_report.add_argument("--query-model", default=None, help="a Q-DOVE checkpoint for the per-query section")
-    p_report.add_argument("--query-scenes", type=int, default=200)
-    p_report.add_argument("--sections", default=None, help="comma-separated subset of: quality, lengths, probe, pca, "
-                          "photos, queries")
-    p_report.add_argument("--seed", type=int, default=0)
+    p_report.add_argument("--sections", type=lambda text: tuple(text.split(",")), default=SECTIONS,
+                          help=f"comma-separated subset of: {', '.join(SECTIONS)}")
     p_report.set_defaults(func=_report)
 
     p_demo = sub.add_parser("demo", help="the whole pipeline at tiny scale on the embedded data")

@@ -6,6 +6,14 @@ probe on pooled tokens vs pooled VQGAN latents), `pca` (PCA pictures of features
 against the null query), `photos` (scikit-image's photographs: length vs complexity), `figures` (the plots)
 and `suite` (the configuration, the run and the files it writes)."""
 
-from .suite import ReportConfig, format_report_summary, run_report
+from .config import SECTIONS, ReportConfig
 
-__all__ = ["ReportConfig", "format_report_summary", "run_report"]
+__all__ = ["SECTIONS", "ReportConfig", "format_report_summary", "run_report"]
+
+
+def __getattr__(name: str):
+    if name in ("run_report", "format_report_summary"):  # plotting and models load on first use only
+        from . import suite
+
+        return getattr(suite, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -15,44 +15,13 @@ from train_tokenizer.evaluate import default_token_counts
 from train_tokenizer.plots import plot_length_histogram, plot_length_vs_complexity, plot_reconstructions
 
 from . import figures
+from .config import ReportConfig
 from .images import load_report_images
 from .pca import pca_pictures
 from .photos import photo_lengths
 from .probe import digits_probe_data, hf_probe_data, linear_probe, shapes_probe_data
 from .quality import evaluate_quality
 from .queries import evaluate_query_model
-
-SECTIONS = ("quality", "lengths", "probe", "pca", "photos", "queries")
-
-
-@dataclass
-class ReportConfig:
-    model: str
-    output_dir: str = "runs/report"
-    data: str = "synthetic"  # a `dove train --data` spec: synthetic[:N], an image folder, a saved datasets folder
-    split: str = "test"
-    num_images: int = 200
-    token_counts: list[int] | None = None  # default: 4, 8, 16, ... up to max_tokens
-    batch_size: int = 50
-    inception_weights: str | None = None  # local InceptionV3 weights for rFID; None: rFID skipped
-    fid_images: int = 500
-    lpips: bool = True
-    lpips_trunk_weights: str | None = None  # local torchvision alexnet weights; None: random trunk (noted)
-    probe_data: list[str] = field(default_factory=lambda: ["shapes", "digits"])  # or saved `datasets` folders
-    probe_label_column: str | None = None
-    probe_images: int = 2000  # per probe data set (embedded scenes: scenes drawn, single-object ones kept)
-    query_model: str | None = None
-    query_scenes: int = 200
-    pca_images: int = 6
-    sections: tuple[str, ...] = SECTIONS
-    seed: int = 0
-
-    def __post_init__(self):
-        unknown = set(self.sections) - set(SECTIONS)
-        if unknown:
-            raise ValueError(f"unknown report section(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)}.")
-        if self.num_images < 1 or self.batch_size < 1:
-            raise ValueError("--num-images and --batch-size must be >= 1.")
 
 
 def _load(path: str) -> tuple[DoveModel, DoveImageProcessor]:
@@ -103,7 +72,7 @@ def run_report(config: ReportConfig) -> dict:
             raise ValueError(f"token counts must be in [1, {model.config.max_tokens}], got {ks}.")
         quality = evaluate_quality(model, images, sorted(set(ks)), config.batch_size, config.lpips_trunk_weights,
                                    config.inception_weights, config.fid_images,
-                                   use_lpips=config.lpips and "quality" in config.sections)
+                                   use_lpips=not config.no_lpips and "quality" in config.sections)
         summary = quality.summary()
         report["notes"] += summary.pop("notes")
         ev = quality.evaluation
