@@ -8,9 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dove_vlm import DoveImageProcessor, DoveModel, preset_config
-from dove_vlm.query_tokenizer import default_query_tokenizer
-from tests.conftest import MICRO_OVERRIDES
+from dove_vlm import DoveImageProcessor
+from tests.test_query_and_fast_inference import query_model  # noqa: F401 (the Q-DOVE micro model fixture)
 from train_tokenizer.report import ReportConfig, format_report_summary, run_report
 from train_tokenizer.report.fid import InceptionUnavailable, load_inception
 from train_tokenizer.report.images import load_report_images
@@ -28,19 +27,7 @@ def saved_model(micro_model, tmp_path):
     return str(path)
 
 
-@pytest.fixture
-def query_model():
-    tokenizer = default_query_tokenizer(num_scenes=50)
-    torch.manual_seed(0)
-    model = DoveModel(preset_config("tiny", **MICRO_OVERRIDES, query_vocab_size=len(tokenizer), query_max_length=8))
-    model.set_query_tokenizer(tokenizer)
-    with torch.no_grad():  # spread p_eos so that lengths vary
-        model.eos_head.weight.normal_(0, 2.0)
-        model.eos_head.bias.fill_(-1.0)
-    return model.eval()
-
-
-def test_report_writes_every_section_and_figure(saved_model, query_model, tmp_path):
+def test_report_writes_every_section_and_figure(saved_model, query_model, tmp_path):  # noqa: F811 (fixture)
     query_model.save_pretrained(tmp_path / "qmodel")
     config = ReportConfig(model=saved_model, output_dir=str(tmp_path / "report"), data="synthetic", num_images=12,
                           batch_size=5, probe_data=["digits"], probe_images=60, query_model=str(tmp_path / "qmodel"),
@@ -167,7 +154,7 @@ def test_photos_from_scikit_image(micro_model):
     assert result["skipped"] == ["not_a_photo (AttributeError)"] and result["pixels"].shape == (3, 3, 32, 32)
 
 
-def test_query_section_per_kind_and_refuses_plain_dove(query_model, micro_model):
+def test_query_section_per_kind_and_refuses_plain_dove(query_model, micro_model):  # noqa: F811 (fixture)
     out = evaluate_query_model(query_model, num_scenes=10, min_count=1)
     assert set(out["by_kind"]) <= {"phrase", "question"} and out["by_kind"]
     assert sum(g["count"] for g in out["by_kind"].values()) == out["num_images"]
