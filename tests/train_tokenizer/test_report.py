@@ -162,6 +162,13 @@ def test_query_section_per_kind_and_refuses_plain_dove(query_model, micro_model)
         evaluate_query_model(micro_model, num_scenes=4)
 
 
+def test_report_json_is_strict():
+    from train_tokenizer.report.suite import _jsonable
+
+    assert _jsonable({1: np.float32("nan"), "b": [np.int64(3), float("inf"), (np.float64(0.5),)]}) == \
+        {"1": None, "b": [3, None, [0.5]]}
+
+
 def test_unknown_section():
     with pytest.raises(ValueError, match="unknown report section"):
         ReportConfig(model="x", sections=("quality", "nope"))

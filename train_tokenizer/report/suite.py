@@ -32,12 +32,13 @@ def _load(path: str) -> tuple[DoveModel, DoveImageProcessor]:
 
 
 def _jsonable(value):
+    """Plain JSON values: numpy scalars become Python numbers, NaN/Inf become null (strict JSON has neither)."""
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
-    if isinstance(value, (np.generic,)):
-        return value.item()
+    if isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, float) and not np.isfinite(value):
         return None
     return value
@@ -126,7 +127,7 @@ def run_report(config: ReportConfig) -> dict:
             report["seconds"]["queries"] = timer() - t
     report["seconds"]["total"] = time.perf_counter() - started
     report = _jsonable(report)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False))
     return report
 
 
