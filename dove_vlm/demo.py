@@ -1,10 +1,10 @@
 """`dove demo`: the whole pipeline at tiny scale on the embedded data, resumable stage by stage.
 
 1. DOVE tokenizer (all threads);
-2. in parallel, one process each: Q-DOVE (text queries, from the DOVE checkpoint) | tiny LLaVA on the grid tower
-   then DOVE adaptive LoRA — the two branches need only stage 1, and tiny models use a second thread poorly, so
-   two one-thread processes finish sooner than the same work in sequence;
-3. Q-DOVE LoRA (needs both branches);
+2. in parallel, one process each: Q-DOVE (text queries, from the DOVE checkpoint) | the tiny LLaVA on the grid
+   tower — both need only stage 1, and tiny models use a second thread poorly, so two one-thread processes
+   finish sooner than the same work in sequence;
+3. in parallel: DOVE adaptive LoRA | Q-DOVE LoRA (each on the stage-2 LLaVA);
 4. the lmms-eval comparison (accuracy, tokens per image and latency of every tower mode) as the closing report.
 """
 
@@ -43,14 +43,19 @@ def _train_tokenizer(output_dir: str, seed: int, query: bool, threads: int | Non
     return format_report(train(args), args.output_dir)
 
 
-def _llava_branch(output_dir: str, seed: int, with_qdove: bool, threads: int | None = None) -> tuple[str, dict]:
-    """The LLaVA stages: grid base + DOVE LoRA, and Q-DOVE LoRA when `with_qdove` (finished stages are reused)."""
+def _llava_stages(output_dir: str, seed: int, only: tuple[str, ...] | None = None,
+                  threads: int | None = None) -> tuple[str, dict]:
+    """LLaVA stages (`base`, `dove`, `qdove`; all and the report when `only` is None; finished ones are reused)."""
     from .llava.demo import run_llava_demo
 
     if threads:
         _set_threads(threads)
     root = Path(output_dir)
-    return run_llava_demo(str(root / "tokenizer"), str(root / "qdove") if with_qdove else None, output_dir, seed=seed)
+    return run_llava_demo(str(root / "tokenizer"), str(root / "qdove"), output_dir, seed=seed, only=only)
+
+
+def _pool() -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn"))
 
 
 def _set_threads(threads: int) -> None:
@@ -72,7 +77,8 @@ def run_demo(output_dir: str | os.PathLike = "runs/demo", seed: int = 0, llava: 
         output_dir: `tokenizer/`, `qdove/`, `llava_base/`, `llava_dove/`, `llava_qdove/`, `eval_compare/`.
         seed: data order and initialisation of every stage.
         llava: also train the LLaVA stages and end with the lmms-eval comparison.
-        jobs: processes for stage 2 (default: 2 when the machine has 2 or more cores, else 1 = in sequence).
+        jobs: 2 runs stages 2 and 3 as two processes each (the default on a machine with 2 or more cores); 1 runs
+            every stage in sequence.
     """
     from eval.compare import demo_comparison
 
@@ -83,24 +89,29 @@ def run_demo(output_dir: str | os.PathLike = "runs/demo", seed: int = 0, llava: 
     total = 4 if llava else 2
     log(f"[dove demo] stage 1/{total}: training the tiny DOVE tokenizer into {root / 'tokenizer'}")
     reports = [_train_tokenizer(str(root), seed, query=False)]
-    if llava and jobs > 1:
+    parallel = llava and jobs > 1
+    if parallel:
         threads = max(1, (os.cpu_count() or 2) // 2)
-        log(f"[dove demo] stage 2/{total}: in parallel ({jobs} processes, {threads} thread(s) each): Q-DOVE into "
-            f"{root / 'qdove'} | LLaVA on the grid tower, then DOVE LoRA, into {root}")
-        with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        log(f"[dove demo] stage 2/{total}: in parallel ({threads} thread(s) per process): Q-DOVE into "
+            f"{root / 'qdove'} | LLaVA on the grid tower into {root / 'llava_base'}")
+        with _pool() as pool:
             qdove = pool.submit(_train_tokenizer, str(root), seed, True, threads)
-            branch = pool.submit(_llava_branch, str(root), seed, False, threads)
+            base = pool.submit(_llava_stages, str(root), seed, ("base",), threads)
             reports.append(qdove.result())
-            branch.result()
+            base.result()
+        log(f"[dove demo] stage 3/{total}: in parallel: DOVE adaptive LoRA | Q-DOVE LoRA into {root}")
+        with _pool() as pool:
+            for future in [pool.submit(_llava_stages, str(root), seed, (key,), threads) for key in ("dove", "qdove")]:
+                future.result()
     else:
         log(f"[dove demo] stage 2/{total}: Q-DOVE (text queries) from it into {root / 'qdove'}")
         reports.append(_train_tokenizer(str(root), seed, query=True))
     if llava:
-        log(f"[dove demo] stage 3/{total}: LLaVA stages (grid base, DOVE LoRA, Q-DOVE LoRA) into {root}")
-        table, _ = _llava_branch(str(root), seed, True)
+        if not parallel:
+            log(f"[dove demo] stage 3/{total}: LLaVA stages (grid base, DOVE LoRA, Q-DOVE LoRA) into {root}")
+        table, _ = _llava_stages(str(root), seed)  # every stage (reused when already trained) and the table
         reports.append(table)
-        log(f"[dove demo] stage 4/{total}: lmms-eval comparison of the tower modes into {root / 'eval_compare'}",
-            flush=True)
+        log(f"[dove demo] stage 4/{total}: lmms-eval comparison of the tower modes into {root / 'eval_compare'}")
     comparison = demo_comparison(root, seed=seed)  # closing report: accuracy vs tokens through lmms-eval
     if comparison:
         reports.append(comparison)

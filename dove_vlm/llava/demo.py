@@ -26,7 +26,7 @@ LLAVA_DEMO_QDOVE: dict[str, Any] = dict(turns_per_image=1, batch_size=32, num_tr
 
 def run_llava_demo(tokenizer_dir: str, qdove_dir: str | None, output_dir: str, seed: int = 0,
                    shared: dict | None = None, base: dict | None = None, lora: dict | None = None,
-                   qdove: dict | None = None,
+                   qdove: dict | None = None, only: tuple[str, ...] | None = None,
                    log=print) -> tuple[str, dict]:
     """Train and score the three LLaVA stages of the demo.
 
@@ -37,6 +37,8 @@ def run_llava_demo(tokenizer_dir: str, qdove_dir: str | None, output_dir: str, s
         seed: data order and initialisation.
         shared / base / lora / qdove: overrides of `LLAVA_DEMO_SHARED` / `LLAVA_DEMO_BASE` / `LLAVA_DEMO_LORA` /
             `LLAVA_DEMO_QDOVE` (the Q-DOVE stage reads the LoRA settings, then its own).
+        only: train just these stages (`base`, `dove`, `qdove`) and write no report (`dove demo` runs the stages
+            in parallel processes this way, then calls again without `only`, which reuses them all).
         log: where progress lines go.
 
     Returns:
@@ -47,23 +49,29 @@ def run_llava_demo(tokenizer_dir: str, qdove_dir: str | None, output_dir: str, s
     common = dict(LLAVA_DEMO_SHARED, **(shared or {}))
     base_args = {**LLAVA_DEMO_BASE, **(base or {}), "stage": "base", "tower": tokenizer_dir, "mode": "grid"}
     lora_args = {**LLAVA_DEMO_LORA, **(lora or {}), "stage": "lora", "base_model": str(root / "llava_base")}
-    stages = [("grid (base LLaVA)", base_args, root / "llava_base"),
-              ("DOVE adaptive (LoRA)", {**lora_args, "tower": tokenizer_dir, "mode": "adaptive"}, root / "llava_dove")]
+    stages = [("base", "grid (base LLaVA)", base_args, root / "llava_base"),
+              ("dove", "DOVE adaptive (LoRA)", {**lora_args, "tower": tokenizer_dir, "mode": "adaptive"},
+               root / "llava_dove")]
     if qdove_dir is not None:  # Q-DOVE encodes each image for one question: single-turn examples
-        stages.append(("Q-DOVE with the question (LoRA)", {**lora_args, **LLAVA_DEMO_QDOVE, **(qdove or {}),
-                                                          "tower": qdove_dir, "mode": "query"}, root / "llava_qdove"))
+        stages.append(("qdove", "Q-DOVE with the question (LoRA)", {**lora_args, **LLAVA_DEMO_QDOVE, **(qdove or {}),
+                                                                   "tower": qdove_dir, "mode": "query"},
+                       root / "llava_qdove"))
+    if only is not None:
+        stages = [stage for stage in stages if stage[0] in only]
     results: dict[str, Any] = {"stages": {}}
     reports = []
     started = time.time()
-    for i, (name, kwargs, path) in enumerate(stages, 1):
+    for i, (key, name, kwargs, path) in enumerate(stages, 1):
         log(f"[dove demo] LLaVA {i}/{len(stages)}: {name} into {path}")
         args = LlavaTrainingArguments(**{**common, **kwargs, "output_dir": str(path), "seed": seed, "resume": True})
         metrics = finished_stage(args) or train_llava(args)
         reports.append(format_llava_report(metrics, str(path)))
         results["stages"][name] = summarize(metrics)
-        if i == 1:  # the baselines of the base stage's training answers (the same held-out questions throughout)
+        if key == "base":  # the baselines of the base stage's training answers (the same held-out questions throughout)
             results["majority_baseline"] = metrics.get("majority_baseline")
     results["seconds"] = time.time() - started
+    if only is not None:
+        return "", results
     table = llava_table(results)
     (root / "llava_report.md").write_text("# LLaVA stages of `dove demo`\n\n" + table + "\n\n```\n" +
                                           "\n\n".join(reports) + "\n```\n")

@@ -72,6 +72,8 @@ class LlavaTrainingArguments:
             with `num_tokens`).
         num_tokens / feature: tower settings (`feature`: `tokens` = the k-dim DOVE tokens, `hidden` = generator
             hidden states).
+        min_tokens: the adaptive / query tower's floor on an image's length (the length knob; `None` keeps the
+            DOVE checkpoint's). Saved with the tower, so evaluation and `generate` use it too.
         base_model: lora stage: a folder written by the base stage, or a LLaVA checkpoint (e.g. llava-1.5-7b-hf).
         seed: data order, initialisation and the embedded scenes' seed.
         num_train_scenes / questions_per_scene: the embedded VQA training set (`train` split).
@@ -101,6 +103,7 @@ class LlavaTrainingArguments:
     mode: str | None = None
     num_tokens: int | None = None
     feature: str = "tokens"
+    min_tokens: int | None = None
     base_model: str | None = None
     seed: int = 0
     num_train_scenes: int = 2000
@@ -309,9 +312,11 @@ class TowerFeatureCache:
 # --- models -------------------------------------------------------------------------------------------------
 
 
-def load_tower(path: str, mode: str, num_tokens: int | None = None, feature: str = "tokens") -> DoveVisionTower:
+def load_tower(path: str, mode: str, num_tokens: int | None = None, feature: str = "tokens",
+               min_tokens: int | None = None) -> DoveVisionTower:
     """A frozen `DoveVisionTower` from a DOVE checkpoint or tower folder, in `mode`."""
-    return DoveVisionTower.from_pretrained(path, mode=mode, num_tokens=num_tokens, feature=feature)
+    overrides = {} if min_tokens is None else {"min_tokens": min_tokens}
+    return DoveVisionTower.from_pretrained(path, mode=mode, num_tokens=num_tokens, feature=feature, **overrides)
 
 
 def load_base_llava(path: str) -> DoveLlavaForConditionalGeneration:
@@ -469,7 +474,7 @@ def build_model(args: LlavaTrainingArguments, resume_from: Path | None):
         else:
             from .tiny import build_text_tokenizer, build_tiny_llava
 
-            tower = load_tower(args.tower, args.mode, args.num_tokens, args.feature)
+            tower = load_tower(args.tower, args.mode, args.num_tokens, args.feature, args.min_tokens)
             tokenizer = build_text_tokenizer(vqa_texts())
             torch.manual_seed(args.seed)
             model = build_tiny_llava(tower, tokenizer, hidden_size=args.hidden_size,
@@ -483,7 +488,7 @@ def build_model(args: LlavaTrainingArguments, resume_from: Path | None):
 
     base = load_base_llava(args.base_model)
     tokenizer = load_tokenizer(args.base_model)
-    tower = load_tower(args.tower, args.mode, args.num_tokens, args.feature)
+    tower = load_tower(args.tower, args.mode, args.num_tokens, args.feature, args.min_tokens)
     torch.manual_seed(args.seed)
     base.set_vision_tower(tower)
     base.requires_grad_(False)

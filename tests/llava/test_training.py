@@ -59,6 +59,15 @@ def test_lora_stage_trains_only_the_adapter_and_the_projector(lora_dir, base_dir
     assert metrics["eval"]["num_questions"] > 0 and metrics["mode"] == "adaptive"
 
 
+def test_min_tokens_floors_every_length_and_is_saved_with_the_tower(dove_dir, base_dir, tmp_path):
+    args = LlavaTrainingArguments(output_dir=str(tmp_path), stage="lora", tower=dove_dir, base_model=base_dir,
+                                  min_tokens=3, **dict(LORA, max_steps=1))
+    metrics = train_llava(args)
+    assert metrics["eval"]["tokens_per_image_mean"] >= 3
+    model, processor = load_llava_lora(tmp_path)
+    assert processor.tower.config.min_tokens == 3
+
+
 def test_loss_only_on_answer_tokens_and_prompt_matches_the_processor(base_dir, dove_dir):
     from dove_vlm.llava.training import build_processor, load_tokenizer
 
