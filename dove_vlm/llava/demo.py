@@ -10,19 +10,20 @@ from typing import Any
 
 from .training import LlavaTrainingArguments, format_llava_report, train_llava
 
-# Sized for the 25-minute budget of `dove demo` on a 2-core CPU; every field can be overridden. Dense caption turns
-# (LLaVA's alignment data) lift the grid baseline from 42.4% to 47.0% (runs/lx, 8000 scenes, 1500 steps), mostly on
-# colour questions; multi-turn examples (all of a scene's questions in one conversation) give ~8 answers per pass
-# over the image tokens.
+# Sized for `dove demo` on a 2-core CPU, where the base and DOVE LoRA stages run beside the Q-DOVE tokenizer
+# (one thread each) and should not outlast it; every field can be overridden. Dense caption turns (LLaVA's
+# alignment data) lift the grid baseline from 42.4% to 47.0% (runs/lx, 8000 scenes, 1500 steps), mostly on colour
+# questions; multi-turn examples (all of a scene's questions in one conversation) give ~8 answers per pass over
+# the image tokens.
 LLAVA_DEMO_SHARED: dict[str, Any] = dict(num_train_scenes=6000, captions=True, eval_scenes=250,
                                          eval_questions_per_scene=2, batch_size=16, checkpoint_every=200,
                                          eval_batch_size=100)
-LLAVA_DEMO_BASE: dict[str, Any] = dict(max_steps=1000, learning_rate=1e-3, warmup_steps=50, turns_per_image=8,
+LLAVA_DEMO_BASE: dict[str, Any] = dict(max_steps=1500, learning_rate=1e-3, warmup_steps=50, turns_per_image=8,
                                        hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256)
 # DOVE's shortest codes (one token for a plain scene with a small object) drop the object's colour; a floor of four
 # tokens keeps it (+2 points at +1 token per image on average, runs/lx). The new projector needs more steps than
 # the LoRA alone would: 37.4% after 400 steps, 42.0% after 1200 (runs/lx).
-LLAVA_DEMO_LORA: dict[str, Any] = dict(max_steps=800, learning_rate=2e-3, warmup_steps=25, lora_r=16, lora_alpha=32,
+LLAVA_DEMO_LORA: dict[str, Any] = dict(max_steps=1200, learning_rate=2e-3, warmup_steps=25, lora_r=16, lora_alpha=32,
                                        turns_per_image=8, feature="hidden", min_tokens=4)
 # Q-DOVE encodes each image for one question: single-turn examples, so a larger batch and fewer scenes (its
 # features are computed per question). Its query already keeps the asked-about object, so no floor.
