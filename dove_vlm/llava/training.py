@@ -234,8 +234,9 @@ class PromptEncoder:
             labels = [IGNORE_INDEX] * len(ids)
             for i in range(1, len(turns) + 1):
                 start = len(self.tokenizer(self._render(turns, i, False))["input_ids"])
-                stop = len(self.tokenizer(self._render(turns, i, True))["input_ids"])
-                if ids[:stop] != self.tokenizer(self._render(turns, i, True))["input_ids"]:
+                upto = self.tokenizer(self._render(turns, i, True))["input_ids"]
+                stop = len(upto)
+                if ids[:stop] != upto:
                     raise ValueError("the tokenizer does not split the conversation at turn boundaries; use one "
                                      "question per image (--turns-per-image 1).")
                 labels[start:stop] = ids[start:stop]
