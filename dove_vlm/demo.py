@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import time
@@ -41,7 +42,21 @@ def _train_tokenizer(output_dir: str, seed: int, query: bool, threads: int | Non
     if threads:
         _set_threads(threads)
     args = _tokenizer_args(Path(output_dir), seed, query)
-    return format_report(train(args), args.output_dir)
+    return format_report(finished_stage(args) or train(args), args.output_dir)
+
+
+def finished_stage(args) -> dict | None:
+    """The metrics of a stage (tokenizer or LLaVA training arguments) already trained and scored with exactly
+    `args`, else `None`: a rerun of the demo, or its parallel branch, then neither rebuilds data nor re-evaluates."""
+    path = Path(args.output_dir) / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    done = metrics.get("args") == json.loads(json.dumps(args.to_dict())) and "eval" in metrics
+    return metrics if done else None
 
 
 def _llava_stages(output_dir: str, seed: int, only: tuple[str, ...] | None = None,

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -345,6 +346,17 @@ class DoveModel(DovePreTrainedModel):
         if self.config.freeze_vqgan:
             self.vqgan.eval()  # a frozen VQGAN keeps its eval behaviour (no dropout, fixed norms)
         return self
+
+    @contextmanager
+    def batch_invariance(self, enabled: bool):
+        """Within the block, `config.batch_invariant` is `enabled` (restored after, even on error): e.g. off while
+        caching training features, where the batched VQGAN call is faster and last bits do not matter."""
+        previous = self.config.batch_invariant
+        self.config.batch_invariant = enabled
+        try:
+            yield self
+        finally:
+            self.config.batch_invariant = previous
 
     # Pieces ---------------------------------------------------------------------------------------------
     def encode_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -100,10 +100,12 @@ def test_batch_invariant_off_uses_one_batched_vqgan_call_with_the_same_latents(m
         exact = model.encode_latents(images)
         assert calls == [1] * 6  # the default: one image at a time
         calls.clear()
-        model.config.batch_invariant = False
-        fast = model.encode_latents(images)
-        assert calls == [6]
+        with model.batch_invariance(False):
+            fast = model.encode_latents(images)
+        assert calls == [6] and model.config.batch_invariant  # restored after the block
+        with pytest.raises(RuntimeError), model.batch_invariance(False):
+            raise RuntimeError("interrupted")
+        assert model.config.batch_invariant  # restored after an error too
     finally:
-        model.config.batch_invariant = True
         hook.remove()
     torch.testing.assert_close(fast, exact, rtol=0, atol=1e-5)

@@ -326,7 +326,7 @@ def train(args: TrainingArguments) -> dict:
     train_seconds = time.time() - started
 
     metrics: dict = {"preset": args.preset, "steps": args.max_steps, "train_seconds_this_run": train_seconds,
-                     "final_threshold": threshold.value(float("nan")), "history": history}
+                     "final_threshold": threshold.value(float("nan")), "history": history, "args": args.to_dict()}
     if accelerator.is_main_process:
         raw_model.save_pretrained(output_dir)
         DoveImageProcessor(size=config.image_size).save_pretrained(output_dir)

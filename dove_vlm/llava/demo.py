@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..demo import finished_stage
 from .training import LlavaTrainingArguments, format_llava_report, train_llava
 
 # Sized for `dove demo` on a 2-core CPU, where the base and DOVE LoRA stages run beside the Q-DOVE tokenizer
@@ -85,20 +86,6 @@ def run_llava_demo(tokenizer_dir: str, qdove_dir: str | None, output_dir: str, s
                                           "\n\n".join(reports) + "\n```\n")
     (root / "llava_results.json").write_text(json.dumps(results, indent=2))
     return table, results
-
-
-def finished_stage(args: LlavaTrainingArguments) -> dict | None:
-    """The metrics of a stage already trained and scored with exactly `args` (so a rerun of the demo, or its
-    parallel branch, does not rebuild features and re-evaluate), else `None`."""
-    path = Path(args.output_dir) / "metrics.json"
-    if not path.is_file():
-        return None
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    done = metrics.get("args") == json.loads(json.dumps(args.to_dict())) and "eval" in metrics
-    return metrics if done else None
 
 
 def summarize(metrics: dict) -> dict:

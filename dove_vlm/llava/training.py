@@ -265,6 +265,17 @@ class PromptEncoder:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+def tower_features(tower: DoveVisionTower, records: list[dict]) -> list[torch.Tensor]:
+    """The frozen tower's `(L_i, D)` features of each record's image (with its question as the query when the
+    tower takes one). Training needs no bit-exact batch invariance, so the batched VQGAN call runs (~2.5x faster
+    on CPU than image by image)."""
+    device = next(tower.parameters()).device
+    pixels = tower.image_processor([r["image"] for r in records], return_tensors="pt")["pixel_values"].to(device)
+    queries = [r["question"] for r in records] if tower.supports_queries else None
+    with torch.no_grad(), tower.dove.batch_invariance(False):
+        return [f.detach() for f in tower(pixels, queries=queries).features]
+
+
 class TowerFeatureCache:
     """The frozen tower's features of every training example, computed once: one `(L_i, D)` tensor per
     (image, query) pair. The tower is frozen and stays in eval mode, so these are the features it would give
@@ -279,26 +290,10 @@ class TowerFeatureCache:
             firsts.setdefault(key, example[0])
         ordered = list(firsts)
         self._features: dict[tuple, torch.Tensor] = {}
-        # Training features need no bit-exact batch invariance: the batched VQGAN call is ~2.5x faster on CPU.
-        dove_config = tower.dove.config
-        batch_invariant, dove_config.batch_invariant = dove_config.batch_invariant, False
-        try:
-            self._compute(tower, ordered, firsts, batch_size, desc)
-        finally:
-            dove_config.batch_invariant = batch_invariant
-
-    def _compute(self, tower: DoveVisionTower, ordered: list[tuple], firsts: dict[tuple, dict], batch_size: int,
-                 desc: str) -> None:
-        processor = tower.image_processor
-        device = next(tower.parameters()).device
-        with torch.no_grad():
-            for start in tqdm(range(0, len(ordered), batch_size), desc=desc, leave=False, dynamic_ncols=True):
-                keys = ordered[start : start + batch_size]
-                chunk = [firsts[k] for k in keys]
-                pixels = processor([r["image"] for r in chunk], return_tensors="pt")["pixel_values"].to(device)
-                queries = [r["question"] for r in chunk] if self.use_queries else None
-                out = tower(pixels, queries=queries)
-                self._features.update({k: f.detach().float().cpu() for k, f in zip(keys, out.features)})
+        for start in tqdm(range(0, len(ordered), batch_size), desc=desc, leave=False, dynamic_ncols=True):
+            keys = ordered[start : start + batch_size]
+            features = tower_features(tower, [firsts[k] for k in keys])
+            self._features.update({k: f.float().cpu() for k, f in zip(keys, features)})
 
     def key(self, example: list[dict]) -> tuple:
         return (id(example[0]["image"]), example[0]["question"] if self.use_queries else None)
@@ -578,21 +573,16 @@ def train_llava(args: LlavaTrainingArguments) -> dict:
                                     accelerator.process_index, accelerator.num_processes)
             batch_examples = [examples[i] for i in indices]
             with accelerator.accumulate(model), accelerator.autocast():
-                if cache is not None:
-                    features = cache.features(indices)
-                    batch = encoder.collate(batch_examples, [len(f) for f in features])
-                    batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-                    packed = torch.cat(features).to(accelerator.device, projector_dtype(projector))
-                    projected = list(projector(packed).split([len(f) for f in features]))
-                    image = BaseModelOutputWithPooling(pooler_output=projected)
-                    out = model(**batch, mm_encoder_outputs={"image": image})
-                else:
-                    pixels = tower.image_processor([e[0]["image"] for e in batch_examples],
-                                                   return_tensors="pt")["pixel_values"].to(accelerator.device)
-                    queries = [e[0]["question"] for e in batch_examples] if tower.supports_queries else None
-                    lengths = tower.num_image_tokens(pixels, queries).tolist()
-                    batch = {k: v.to(accelerator.device) for k, v in encoder.collate(batch_examples, lengths).items()}
-                    out = model(**batch, pixel_values=pixels, image_queries=queries)
+                # The frozen tower's features (cached, or computed once for this batch) go through the
+                # trainable projector here and reach the model as its image features.
+                features = (cache.features(indices) if cache is not None
+                            else tower_features(tower, [e[0] for e in batch_examples]))
+                batch = encoder.collate(batch_examples, [len(f) for f in features])
+                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                packed = torch.cat(features).to(accelerator.device, projector_dtype(projector))
+                projected = list(projector(packed).split([len(f) for f in features]))
+                image = BaseModelOutputWithPooling(pooler_output=projected)
+                out = model(**batch, mm_encoder_outputs={"image": image})
                 loss = out.loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
