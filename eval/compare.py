@@ -220,9 +220,10 @@ COMPARE_MODEL_ARGS = {"batch_invariant": "false"}
 
 
 def mode_matrix(grid_model: str | None = None, dove_model: str | None = None, qdove_model: str | None = None,
-                fixed_k: tuple[int, ...] = (), model_args: dict | None = None) -> list[RunSpec]:
-    """The comparison rows: grid (base model), fixed-K and adaptive (DOVE model), query and query-null (Q-DOVE);
-    every row gets the same adapter options `model_args` (default `COMPARE_MODEL_ARGS`)."""
+                fixed_k: tuple[int, ...] = (), model_args: dict | None = None,
+                query_null: bool = True) -> list[RunSpec]:
+    """The comparison rows: grid (base model), fixed-K and adaptive (DOVE model), query and (with `query_null`)
+    query-null (Q-DOVE); every row gets the same adapter options `model_args` (default `COMPARE_MODEL_ARGS`)."""
     args = COMPARE_MODEL_ARGS if model_args is None else model_args
     specs = []
     if grid_model:
@@ -231,7 +232,9 @@ def mode_matrix(grid_model: str | None = None, dove_model: str | None = None, qd
         specs += [RunSpec(f"fixed-{k}", f"fixed-{k}", dove_model) for k in fixed_k]
         specs.append(RunSpec("adaptive", "adaptive", dove_model))
     if qdove_model:
-        specs += [RunSpec("query", "query", qdove_model), RunSpec("query-null", "query-null", qdove_model)]
+        specs.append(RunSpec("query", "query", qdove_model))
+        if query_null:
+            specs.append(RunSpec("query-null", "query-null", qdove_model))
     if not specs:
         raise ValueError("nothing to compare: give at least one of --grid-model, --dove-model, --qdove-model.")
     for spec in specs:
@@ -373,12 +376,14 @@ def reference_evaluation(spec: RunSpec, task_yaml: str | os.PathLike, batch_size
     return evaluate_vqa(model, processor, records, batch_size=batch_size, use_queries=use_queries)["accuracy"]
 
 
-def demo_comparison(demo_dir: str | os.PathLike, seed: int = 0, fixed_k: tuple[int, ...] = (8, 16),
-                    num_scenes: int = 250, questions_per_scene: int = 2, log=print) -> str | None:
+def demo_comparison(demo_dir: str | os.PathLike, seed: int = 0, fixed_k: tuple[int, ...] = (16,),
+                    num_scenes: int = 250, questions_per_scene: int = 2, query_null: bool = False,
+                    log=print) -> str | None:
     """The closing report of `dove demo`: the lmms-eval comparison over the demo's LLaVA stages
-    (`llava_base` → grid, `llava_dove` → fixed-K and adaptive, `llava_qdove` → query and query-null) on the
-    embedded test split that `dove llava-train` scores (same scenes, same questions). Returns the markdown
-    section, or `None` when no LLaVA stage is there; a failed run is reported, not raised."""
+    (`llava_base` → grid, `llava_dove` → fixed-K and adaptive, `llava_qdove` → query, and query-null when asked)
+    on the embedded test split that `dove llava-train` scores (same scenes, same questions). The default rows
+    keep the demo short: fixed-16 is the fixed-length baseline at adaptive DOVE's typical count. Returns the
+    markdown section, or `None` when no LLaVA stage is there; a failed run is reported, not raised."""
     root = Path(demo_dir)
     stages = {name: root / name for name in ("llava_base", "llava_dove", "llava_qdove")}
     present = {name: str(path) for name, path in stages.items() if (path / "metrics.json").is_file()}
@@ -389,7 +394,8 @@ def demo_comparison(demo_dir: str | os.PathLike, seed: int = 0, fixed_k: tuple[i
     except ImportError:
         return "## lmms-eval comparison\n\nskipped: lmms-eval is not installed (see docs/evaluation.md)."
     task_yaml = export_embedded(root / "eval_data", "test", num_scenes, seed, 32, questions_per_scene)
-    specs = mode_matrix(present.get("llava_base"), present.get("llava_dove"), present.get("llava_qdove"), fixed_k)
+    specs = mode_matrix(present.get("llava_base"), present.get("llava_dove"), present.get("llava_qdove"), fixed_k,
+                        query_null=query_null)
     try:
         comparison = compare(task_yaml, specs, root / "eval_compare", reference=reference_accuracies(specs), log=log)
     except LmmsEvalError as err:

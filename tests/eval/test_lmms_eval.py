@@ -105,6 +105,9 @@ def test_bad_task_files(tmp_path, task_yaml):
     assert json.loads((tmp_path / "out" / "mine.json").read_text())[0]["image"] == str(tmp_path / "img.png")
     with pytest.raises(ValueError, match="nothing to compare"):
         mode_matrix()
+    rows = [s.name for s in mode_matrix("g", "d", "q", fixed_k=(16,))]
+    assert rows == ["grid", "fixed-16", "adaptive", "query", "query-null"]
+    assert [s.name for s in mode_matrix(qdove_model="q", query_null=False)] == ["query"]
 
 
 def test_lmms_eval_cli_comparison(llava_dir, task_yaml, tmp_path):
