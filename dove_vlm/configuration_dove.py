@@ -56,6 +56,10 @@ class DoveConfig(PretrainedConfig):
         eos_threshold (`float`, defaults to 0.5): the length is the first position with p_eos above it.
         query_vocab_size (`int`, defaults to 0): vocabulary of the Q-DOVE text query; 0 means plain DOVE.
         query_max_length (`int`, defaults to 32): query budget in text tokens (longer queries are truncated).
+        query_min_tokens / query_max_tokens (`int`, *optional*): the length limits of an image encoded with a
+            (non-null) text query; `None` means `min_tokens` / `max_tokens`. One object's in-box quality levels off
+            long before a whole image's (tiny preset: within ~12 of 32 tokens), so a query gets a smaller budget;
+            `dove train --query` sets them.
         latent_mean / latent_std (`list[float]`, *optional*): per-channel statistics of the VQGAN latents; the
             generator sees normalised latents and the decoder predicts normalised ones. Filled in by `dove train`
             from the training data (`None` means 0 / 1).
@@ -86,6 +90,8 @@ class DoveConfig(PretrainedConfig):
         eos_threshold: float = 0.5,
         query_vocab_size: int = 0,
         query_max_length: int = 32,
+        query_min_tokens: int | None = None,
+        query_max_tokens: int | None = None,
         layer_norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
         latent_mean: list[float] | None = None,
@@ -112,6 +118,8 @@ class DoveConfig(PretrainedConfig):
         self.eos_threshold = eos_threshold
         self.query_vocab_size = query_vocab_size
         self.query_max_length = query_max_length
+        self.query_min_tokens = query_min_tokens
+        self.query_max_tokens = query_max_tokens
         self.layer_norm_eps = layer_norm_eps
         self.initializer_range = initializer_range
         self.latent_mean = None if latent_mean is None else [float(v) for v in latent_mean]
@@ -150,6 +158,11 @@ class DoveConfig(PretrainedConfig):
             raise ValueError(f"latent_std must be positive, got {self.latent_std}.")
         if not 1 <= self.min_tokens <= self.max_tokens:
             raise ValueError(f"need 1 <= min_tokens ({self.min_tokens}) <= max_tokens ({self.max_tokens}).")
+        shortest = self.min_tokens if self.query_min_tokens is None else self.query_min_tokens
+        longest = self.max_tokens if self.query_max_tokens is None else self.query_max_tokens
+        if not 1 <= shortest <= longest <= self.max_tokens:
+            raise ValueError(f"need 1 <= query_min_tokens ({shortest}) <= query_max_tokens ({longest}) <= max_tokens "
+                             f"({self.max_tokens}).")
         if not 0.0 < self.eos_threshold < 1.0:
             raise ValueError(f"eos_threshold must be in (0, 1), got {self.eos_threshold}.")
         for name, width, heads in (

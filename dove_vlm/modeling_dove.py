@@ -104,20 +104,26 @@ def sinusoidal_embeddings(num_positions: int, dim: int) -> torch.Tensor:
 
 
 def lengths_from_p_eos(
-    p_eos: torch.Tensor, threshold: float, min_tokens: int = 1, max_tokens: int | None = None
+    p_eos: torch.Tensor, threshold: float, min_tokens: int | torch.Tensor = 1,
+    max_tokens: int | torch.Tensor | None = None,
 ) -> torch.LongTensor:
     """Length m = first (1-based) position with p_eos > threshold, clamped to [min_tokens, max_tokens].
 
     Args:
         p_eos (`(B, n)`): end-of-sequence probabilities.
+        min_tokens / max_tokens: one limit for every row, or `(B,)` per-row limits.
     Returns:
         `(B,)` long tensor; n (or max_tokens) when no position crosses the threshold.
     """
     n = p_eos.shape[1]
-    max_tokens = n if max_tokens is None else min(max_tokens, n)
+    max_tokens = n if max_tokens is None else max_tokens
     above = p_eos > threshold
     first = torch.where(above.any(dim=1), above.float().argmax(dim=1) + 1, torch.full_like(above[:, 0], n, dtype=torch.long))
-    return first.clamp(min=min_tokens, max=max_tokens).long()
+    if isinstance(min_tokens, torch.Tensor) or isinstance(max_tokens, torch.Tensor):  # per-row limits
+        low = torch.as_tensor(min_tokens, device=first.device)
+        high = torch.as_tensor(max_tokens, device=first.device).clamp(max=n)
+        return torch.minimum(torch.maximum(first, low), high).long()
+    return first.clamp(min=min_tokens, max=min(max_tokens, n)).long()
 
 
 def chunk_schedule(num_slots: int, chunk_size: int | None) -> list[int]:
@@ -590,6 +596,8 @@ class DoveModel(DovePreTrainedModel):
         prefix: DovePrefix | None = None,
         output_hidden_states: bool = False,
         latents: torch.Tensor | None = None,
+        query_min_tokens: int | None = None,
+        query_max_tokens: int | None = None,
         _query_tokens: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
     ) -> DoveEncoderOutput:
         """Images → variable-length continuous tokens, in one parallel causal pass.
@@ -601,6 +609,8 @@ class DoveModel(DovePreTrainedModel):
             max_tokens (`int`, *optional*): cap on the length (≤ config.max_tokens); fewer slots are computed.
             eos_threshold (`float`, *optional*): overrides `config.eos_threshold` (the length knob).
             min_tokens (`int`, *optional*): overrides `config.min_tokens`.
+            query_min_tokens / query_max_tokens (`int`, *optional*): override the config's limits of images with
+                a (non-null) query; an explicit `max_tokens` caps them too.
             num_tokens (`int` or `(B,)`, *optional*): force the length (truncation to k tokens; fixed-k mode);
                 entries ≤ 0 keep that image's adaptive length.
             early_exit (`bool`): run the slots in chunks on a KV cache and stop at the chunk where every image
@@ -623,7 +633,8 @@ class DoveModel(DovePreTrainedModel):
             groups = _query_length_groups(query_tokens[1])
             if groups is not None:
                 kwargs = dict(max_tokens=max_tokens, eos_threshold=eos_threshold, min_tokens=min_tokens,
-                              early_exit=early_exit, chunk_size=chunk_size, output_hidden_states=output_hidden_states)
+                              early_exit=early_exit, chunk_size=chunk_size, output_hidden_states=output_hidden_states,
+                              query_min_tokens=query_min_tokens, query_max_tokens=query_max_tokens)
                 forced = None if num_tokens is None else torch.as_tensor(num_tokens).reshape(-1)
                 ids, mask = query_tokens
                 parts = []
@@ -662,13 +673,16 @@ class DoveModel(DovePreTrainedModel):
                                  f"{tuple(forced.shape)} of {forced.dtype}.")
             forced = forced.long().reshape(-1).expand(batch).clamp(max=n)
 
+        floor, cap = self._length_limits(query_mask, batch, n, shortest, query_min_tokens, query_max_tokens,
+                                         latents.device)
         done = None
         if early_exit:
             def done(hidden: torch.Tensor, slots: int) -> bool:
                 p = self._heads(hidden)[1]
                 above = p > threshold
-                above[:, : shortest - 1] = False
-                finished = above.any(1)
+                positions = torch.arange(1, p.shape[1] + 1, device=p.device)
+                above &= positions >= floor.unsqueeze(1)  # a crossing before the floor does not end an image
+                finished = above.any(1) | (cap <= slots)
                 if forced is not None:
                     finished = torch.where(forced > 0, forced <= slots, finished)
                 return bool(finished.all())
@@ -676,7 +690,7 @@ class DoveModel(DovePreTrainedModel):
         hidden = self._run_generator(latents, query_ids, query_mask, n, prefix=prefix,
                                      chunks=chunk_schedule(n, chunk_size) if early_exit else None, done=done)
         tokens, p_eos = self._heads(hidden)
-        lengths = lengths_from_p_eos(p_eos.detach(), threshold, shortest, n)
+        lengths = lengths_from_p_eos(p_eos.detach(), threshold, floor, cap)
         if forced is not None:
             lengths = torch.where(forced > 0, forced, lengths)
         lengths = lengths.clamp(max=hidden.shape[1])
@@ -686,6 +700,27 @@ class DoveModel(DovePreTrainedModel):
         kept_hidden = hidden[:, :width] * mask.unsqueeze(-1).to(hidden.dtype) if output_hidden_states else None
         return DoveEncoderOutput(tokens=tokens, lengths=lengths, attention_mask=mask, p_eos=p_eos, latents=latents,
                                  hidden_states=kept_hidden)
+
+    def _length_limits(self, query_mask: torch.Tensor | None, batch: int, n: int, shortest: int,
+                       query_min_tokens: int | None, query_max_tokens: int | None,
+                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image `(floor, cap)` of the length, `(B,)` each: `[shortest, n]`, and for an image with a (non-null)
+        query the query limits (`query_min_tokens` / `query_max_tokens`, else the config's), capped by `n`."""
+        floor = torch.full((batch,), int(shortest), dtype=torch.long, device=device)
+        cap = torch.full((batch,), int(n), dtype=torch.long, device=device)
+        low = self.config.query_min_tokens if query_min_tokens is None else query_min_tokens
+        high = self.config.query_max_tokens if query_max_tokens is None else query_max_tokens
+        for name, value in (("query_min_tokens", query_min_tokens), ("query_max_tokens", query_max_tokens)):
+            if value is not None and not 1 <= int(value) <= self.config.max_tokens:
+                raise ValueError(f"{name} must be in [1, {self.config.max_tokens}], got {value}.")
+        if query_mask is None or (low is None and high is None):
+            return floor, cap
+        queried = query_mask.bool().any(1).to(device)
+        if high is not None:
+            cap = torch.where(queried, cap.clamp(max=int(high)), cap)
+        if low is not None:
+            floor = torch.where(queried, torch.full_like(floor, int(low)), floor)
+        return torch.minimum(floor, cap), cap
 
     def _heads(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens `(B, s, k)` and p_eos `(B, s)` of hidden states `(B, s, d)`, from one product with both heads:

@@ -96,6 +96,39 @@ def test_length_knob(query_model, images):
     assert (query_model.encode(images, max_tokens=3).lengths <= 3).all()
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("early_exit", [False, True])
+def test_query_length_limits_apply_to_queried_images_only(query_model, images, early_exit):
+    queries = ["the blue triangle", None, "what colour is the square?", "the red circle"]
+    free = query_model.encode(images, queries=queries)
+    query_model.config.query_min_tokens, query_model.config.query_max_tokens = 3, 5
+    try:
+        limited = query_model.encode(images, queries=queries, early_exit=early_exit, chunk_size=2)
+        for i, query in enumerate(queries):
+            single = query_model.encode(images[i : i + 1], queries=[query])
+            assert limited.lengths[i] == single.lengths[0]  # a batch gives what single images give
+        plain = query_model.encode(images, early_exit=early_exit)  # no query: the image limits
+    finally:
+        query_model.config.query_min_tokens = query_model.config.query_max_tokens = None
+    expected = free.lengths.clone()
+    expected[[0, 2, 3]] = free.lengths[[0, 2, 3]].clamp(3, 5)
+    assert torch.equal(limited.lengths, expected)
+    assert torch.equal(plain.lengths, query_model.encode(images).lengths)
+    # per call: override the config's query limits; an explicit max_tokens caps them too
+    capped = query_model.encode(images, queries=queries, query_min_tokens=4, query_max_tokens=4)
+    assert capped.lengths[[0, 2, 3]].tolist() == [4, 4, 4] and capped.lengths[1] == free.lengths[1]
+    assert (query_model.encode(images, queries=queries, query_min_tokens=6, max_tokens=2).lengths <= 2).all()
+
+
+def test_bad_query_length_limits(query_model, images):
+    with pytest.raises(ValueError, match="query_max_tokens must be in"):
+        query_model.encode(images, queries="the square", query_max_tokens=0)
+    with pytest.raises(ValueError, match="query_min_tokens .* <= query_max_tokens"):
+        preset_config("tiny", **MICRO_OVERRIDES, query_min_tokens=6, query_max_tokens=4)
+    with pytest.raises(ValueError, match="<= max_tokens"):
+        preset_config("tiny", **MICRO_OVERRIDES, query_max_tokens=17)
+
+
 def test_bad_queries(query_model, images):
     with pytest.raises(ValueError, match="got 3 queries for 4 images"):
         query_model.encode(images, queries=["a", "b", "c"])

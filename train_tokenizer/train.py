@@ -327,6 +327,10 @@ def train(args: TrainingArguments) -> dict:
 
     metrics: dict = {"preset": args.preset, "steps": args.max_steps, "train_seconds_this_run": train_seconds,
                      "final_threshold": threshold.value(float("nan")), "history": history, "args": args.to_dict()}
+    if args.query:  # the inference limits of queried images (see TrainingArguments), saved with the model
+        longest = min(args.query_max_tokens or max(1, n // 2), n)
+        raw_model.config.query_max_tokens = longest
+        raw_model.config.query_min_tokens = min(args.query_min_tokens, longest)
     if accelerator.is_main_process:
         raw_model.save_pretrained(output_dir)
         DoveImageProcessor(size=config.image_size).save_pretrained(output_dir)

@@ -102,6 +102,8 @@ def test_query_training_from_a_dove_checkpoint_and_resume(tmp_path):
     assert all(math.isfinite(h["query_threshold"]) and h["query_threshold"] > 0 for h in metrics["history"])
     model = DoveModel.from_pretrained(tmp_path / "qdove")
     assert model.supports_queries and model.query_tokenizer is not None
+    # the query length limits (default 2 and half of max_tokens) are saved with the model
+    assert (model.config.query_min_tokens, model.config.query_max_tokens) == (2, MICRO_OVERRIDES["max_tokens"] // 2)
     plain = DoveModel.from_pretrained(tmp_path / "dove")
     for name, weight in plain.token_decoder.state_dict().items():  # frozen decoder: unchanged
         torch.testing.assert_close(model.token_decoder.state_dict()[name], weight, rtol=0, atol=0)
@@ -111,6 +113,13 @@ def test_query_training_from_a_dove_checkpoint_and_resume(tmp_path):
     resumed = train_module.train(micro_args(tmp_path / "qdove", query=True, init_from=str(tmp_path / "dove"),
                                             max_steps=6, resume=True, freeze_decoder=True))
     assert [h["step"] for h in resumed["history"]] == list(range(6))
+
+
+def test_bad_query_length_limits_in_training_arguments(tmp_path):
+    with pytest.raises(ValueError, match="query_min_tokens"):
+        micro_args(tmp_path, query=True, query_min_tokens=0)
+    with pytest.raises(ValueError, match="query_max_tokens"):
+        micro_args(tmp_path, query=True, query_min_tokens=4, query_max_tokens=3)
 
 
 def test_query_training_rejects_non_grounding_data(tmp_path):
