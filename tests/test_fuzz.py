@@ -181,6 +181,8 @@ def encode_calls(draw):
                                   st.lists(st.integers(-5, 30), min_size=4, max_size=5).map(torch.tensor))),
         early_exit=draw(st.booleans()),
         chunk_size=draw(st.one_of(st.none(), st.integers(-2, 20))),
+        query_min_tokens=draw(st.one_of(st.none(), st.integers(-2, 20))),
+        query_max_tokens=draw(st.one_of(st.none(), st.integers(-2, 20))),
     )
     queries = draw(st.one_of(QUERY_TEXT, st.lists(QUERY_TEXT, min_size=max(batch, 1), max_size=max(batch, 1)),
                              st.lists(QUERY_TEXT, min_size=4, max_size=4)))
@@ -215,14 +217,16 @@ def test_encode_gives_valid_lengths_or_a_clear_error(models, call, which):
 @FUZZ
 @given(seed=st.integers(0, 2**31 - 1), batch=st.integers(2, 4), which=st.sampled_from(["plain", "query"]),
        queries=st.lists(QUERY_TEXT, min_size=4, max_size=4), max_tokens=st.integers(1, 16),
-       eos_threshold=st.floats(0, 1), min_tokens=st.integers(1, 16))
+       eos_threshold=st.floats(0, 1), min_tokens=st.integers(1, 16),
+       query_limits=st.tuples(st.one_of(st.none(), st.integers(1, 16)), st.one_of(st.none(), st.integers(1, 16))))
 def test_valid_encodes_are_in_range_and_independent_of_the_batch(models, seed, batch, which, queries, max_tokens,
-                                                                  eos_threshold, min_tokens):
+                                                                  eos_threshold, min_tokens, query_limits):
     """Any valid call: lengths in [1, max_tokens], and each image gets bit-identical tokens alone or batched."""
     model = models[which]
     pixels = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
     queries = queries[:batch] if which == "query" else [None] * batch
-    kwargs = dict(max_tokens=max_tokens, eos_threshold=eos_threshold, min_tokens=min_tokens)
+    kwargs = dict(max_tokens=max_tokens, eos_threshold=eos_threshold, min_tokens=min_tokens,
+                  query_min_tokens=query_limits[0], query_max_tokens=query_limits[1])
     with no_hang(), torch.no_grad():
         out = model.encode(pixels, queries=queries, **kwargs)
         assert int(out.lengths.min()) >= 1 and int(out.lengths.max()) <= max_tokens
