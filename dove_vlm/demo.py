@@ -4,7 +4,7 @@
 2. in parallel, one process each: Q-DOVE (text queries, from the DOVE checkpoint) | the tiny LLaVA on the grid
    tower, then DOVE adaptive LoRA on it — both branches need only stage 1, and tiny models use a second thread
    poorly, so two one-thread processes finish sooner than the same work in sequence (on the 2-core CPU the
-   Q-DOVE branch is the longer one: 18 minutes against 14);
+   Q-DOVE branch is the longer one: 17 minutes against 12 ½);
 3. Q-DOVE LoRA (needs both branches), with every thread;
 4. the lmms-eval comparison (accuracy, tokens per image and latency of every tower mode) as the closing report.
 """
