@@ -18,27 +18,26 @@ import argparse
 import torch
 
 from dove_vlm import DoveModel
-from dove_vlm.data import SyntheticScenes
-from train_tokenizer.evaluate import in_box_psnr, scenes_to_pixels, single_object_query
+from train_tokenizer.evaluate import held_out_queries, in_box_psnr, scenes_to_pixels
 
 BUCKETS = ((1, 2), (3, 4), (5, 8), (9, 16), (17, 31), (32, 256))
 
 
 @torch.no_grad()
 def analyse(model: DoveModel, limits: list[tuple[int, int]], num_scenes: int, seed: int, fixed: int) -> str:
-    scenes = SyntheticScenes(num_scenes, image_size=model.config.image_size, seed=seed, split="test")
-    picked = [(s, q) for i, s in enumerate(scenes) if (q := single_object_query(s, i)) is not None]
+    picked = held_out_queries(num_scenes, model.config.image_size, seed)
     x = scenes_to_pixels([s for s, _ in picked])
+    latents = model.encode_latents(x)  # once: every encode below reuses the VQGAN latents
     texts, boxes = [q[0] for _, q in picked], [q[1] for _, q in picked]
     n = model.config.max_tokens
 
     def in_box(enc):
         return in_box_psnr(model.decode(enc.tokens, enc.attention_mask).pixel_values, x, boxes)
 
-    null = model.encode(x)
+    null = model.encode(latents=latents)
     null_psnr = in_box(null)
-    free = model.encode(x, queries=texts, query_min_tokens=1, query_max_tokens=n)  # the EOS head's own lengths
-    by_k = torch.stack([in_box(model.encode(x, queries=texts, num_tokens=k)) for k in range(1, n + 1)], 1)
+    free = model.encode(latents=latents, queries=texts, query_min_tokens=1, query_max_tokens=n)  # the EOS head's own lengths
+    by_k = torch.stack([in_box(model.encode(latents=latents, queries=texts, num_tokens=k)) for k in range(1, n + 1)], 1)
     rows = torch.arange(len(picked))
     null_tokens = null.lengths.float().mean()
     lines = [f"{len(picked)} queries; null query {null_tokens:.2f} tokens, in-box {null_psnr.mean():.2f} dB"]
@@ -47,7 +46,7 @@ def analyse(model: DoveModel, limits: list[tuple[int, int]], num_scenes: int, se
         lines.append(f"  limits [{low}, {high}]: tokens {lengths.float().mean() / null_tokens:.0%} of the null query's, "
                      f"in-box {(by_k[rows, lengths - 1] - null_psnr).mean():+.2f} dB")
     lines.append(f"  fixed {fixed} tokens: {fixed / null_tokens:.0%}, in-box {(by_k[:, fixed - 1] - null_psnr).mean():+.2f} dB")
-    same = model.encode(x, num_tokens=free.lengths)  # the null-query code at each query's length
+    same = model.encode(latents=latents, num_tokens=free.lengths)  # the null-query code at each query's length
     gap = by_k[rows, free.lengths - 1] - in_box(same)
     for low, high in BUCKETS:
         m = (free.lengths >= low) & (free.lengths <= min(high, n))

@@ -116,14 +116,11 @@ def lengths_from_p_eos(
         `(B,)` long tensor; n (or max_tokens) when no position crosses the threshold.
     """
     n = p_eos.shape[1]
-    max_tokens = n if max_tokens is None else max_tokens
     above = p_eos > threshold
     first = torch.where(above.any(dim=1), above.float().argmax(dim=1) + 1, torch.full_like(above[:, 0], n, dtype=torch.long))
-    if isinstance(min_tokens, torch.Tensor) or isinstance(max_tokens, torch.Tensor):  # per-row limits
-        low = torch.as_tensor(min_tokens, device=first.device)
-        high = torch.as_tensor(max_tokens, device=first.device).clamp(max=n)
-        return torch.minimum(torch.maximum(first, low), high).long()
-    return first.clamp(min=min_tokens, max=min(max_tokens, n)).long()
+    low = torch.as_tensor(min_tokens, device=first.device)
+    high = torch.as_tensor(n if max_tokens is None else max_tokens, device=first.device).clamp(max=n)
+    return torch.minimum(torch.maximum(first, low), high).long()
 
 
 def chunk_schedule(num_slots: int, chunk_size: int | None) -> list[int]:

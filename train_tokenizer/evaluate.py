@@ -156,6 +156,12 @@ def in_box_psnr(reconstruction: torch.Tensor, target: torch.Tensor, boxes: list)
 
 
 @torch.no_grad()
+def held_out_queries(num_scenes: int, image_size: int, seed: int = 0) -> list[tuple]:
+    """`(scene, (query text, boxes))` for every held-out test scene that has a single-object query."""
+    scenes = SyntheticScenes(num_scenes, image_size=image_size, seed=seed, split="test")
+    return [(scene, q) for i, scene in enumerate(scenes) if (q := single_object_query(scene, i)) is not None]
+
+
 def query_rows(model: DoveModel, num_scenes: int = 200, seed: int = 0, batch_size: int = 50,
                reference: DoveModel | None = None) -> dict:
     """Q-DOVE on held-out scenes with single-object queries, per query: the query text, and the token count and
@@ -163,9 +169,7 @@ def query_rows(model: DoveModel, num_scenes: int = 200, seed: int = 0, batch_siz
     `reference`, its token count). Returns `{"text": [...], "query_len": tensor, ...}`."""
     model.eval()
     device = next(model.parameters()).device
-    scenes = SyntheticScenes(num_scenes, image_size=model.config.image_size, seed=seed, split="test")
-    picked = [(scene, single_object_query(scene, i)) for i, scene in enumerate(scenes)]
-    picked = [(scene, q) for scene, q in picked if q is not None]
+    picked = held_out_queries(num_scenes, model.config.image_size, seed)
     rows: dict[str, list] = {"query_len": [], "null_len": [], "plain_len": [], "query_psnr": [], "null_psnr": []}
     for start in tqdm(range(0, len(picked), batch_size), desc="evaluating queries", leave=False):
         batch = picked[start : start + batch_size]

@@ -293,7 +293,8 @@ class TowerFeatureCache:
         for start in tqdm(range(0, len(ordered), batch_size), desc=desc, leave=False, dynamic_ncols=True):
             keys = ordered[start : start + batch_size]
             features = tower_features(tower, [firsts[k] for k in keys])
-            self._features.update({k: f.float().cpu() for k, f in zip(keys, features)})
+            # A copy per feature: a slice would keep its whole padded batch tensor alive in the cache.
+            self._features.update({k: f.to("cpu", torch.float32, copy=True) for k, f in zip(keys, features)})
 
     def key(self, example: list[dict]) -> tuple:
         return (id(example[0]["image"]), example[0]["question"] if self.use_queries else None)
