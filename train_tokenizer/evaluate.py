@@ -155,13 +155,13 @@ def in_box_psnr(reconstruction: torch.Tensor, target: torch.Tensor, boxes: list)
     return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
 
 
-@torch.no_grad()
 def held_out_queries(num_scenes: int, image_size: int, seed: int = 0) -> list[tuple]:
     """`(scene, (query text, boxes))` for every held-out test scene that has a single-object query."""
     scenes = SyntheticScenes(num_scenes, image_size=image_size, seed=seed, split="test")
     return [(scene, q) for i, scene in enumerate(scenes) if (q := single_object_query(scene, i)) is not None]
 
 
+@torch.no_grad()
 def query_rows(model: DoveModel, num_scenes: int = 200, seed: int = 0, batch_size: int = 50,
                reference: DoveModel | None = None) -> dict:
     """Q-DOVE on held-out scenes with single-object queries, per query: the query text, and the token count and
