@@ -191,7 +191,7 @@ def _eval_compare(ns) -> int:
                 reference[spec.name] = accuracy
     try:
         comparison = compare(ns.task, specs, ns.output_dir, ns.batch_size, ns.limit, reference,
-                             side_by_side=not ns.no_side_by_side)
+                             side_by_side=not ns.no_side_by_side, reuse=not ns.rerun)
     except LmmsEvalError as err:
         print(f"dove eval compare: lmms-eval failed: {err}", file=sys.stderr)
         return 1
@@ -266,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "rows (the speed-ups then come from the separate lmms-eval runs)")
     p_cmp.add_argument("--reference-eval", action="store_true", help="also score every row with dove llava-train's "
                        "own evaluation (evaluate_vqa, in process) and report the difference")
+    p_cmp.add_argument("--rerun", action="store_true", help="run every row again; by default a row whose lmms-eval "
+                       "run already finished with the same model files, task and options is read back")
     p_cmp.set_defaults(func=_eval_compare)
 
     from train_tokenizer.report import SECTIONS, ReportConfig

@@ -2,11 +2,13 @@
 
 1. DOVE tokenizer (all threads);
 2. in parallel, one process each: Q-DOVE (text queries, from the DOVE checkpoint) | the tiny LLaVA on the grid
-   tower, then DOVE adaptive LoRA on it — both branches need only stage 1, and tiny models use a second thread
-   poorly, so two one-thread processes finish sooner than the same work in sequence (on the 2-core CPU the
-   Q-DOVE branch is the longer one: 17 minutes against 12 ½);
+   tower, then DOVE adaptive LoRA on it, then the lmms-eval runs of the grid and DOVE rows — both branches need
+   only stage 1, and tiny models use a second thread poorly, so two one-thread processes finish sooner than the
+   same work in sequence. The LLaVA branch is the shorter one (on the 2-core CPU: 12 minutes of Q-DOVE against 10
+   of LLaVA), so when it ends, Q-DOVE takes every thread for its remaining steps;
 3. Q-DOVE LoRA (needs both branches), with every thread;
-4. the lmms-eval comparison (accuracy, tokens per image and latency of every tower mode) as the closing report.
+4. the lmms-eval comparison (accuracy, tokens per image and latency of every tower mode) as the closing report; the
+   runs of stage 2 are reused.
 """
 
 from __future__ import annotations
@@ -36,8 +38,11 @@ def _tokenizer_args(output_dir: Path, seed: int, query: bool):
                              init_from=str(output_dir / "tokenizer"), **QDOVE_DEMO_SCHEDULE)
 
 
-def _train_tokenizer(output_dir: str, seed: int, query: bool, threads: int | None = None) -> str:
-    """One tokenizer stage; returns its text report (a top-level function: it runs in a worker process)."""
+def _train_tokenizer(output_dir: str, seed: int, query: bool, threads: int | None = None, more_threads=None) -> str:
+    """One tokenizer stage; returns its text report (a top-level function: it runs in a worker process).
+
+    `more_threads`: `(event, count)`; once the event is set (another worker has finished), training goes on with
+    `count` threads."""
     from train_tokenizer.train import train
 
     from .cli import format_report
@@ -45,7 +50,20 @@ def _train_tokenizer(output_dir: str, seed: int, query: bool, threads: int | Non
     if threads:
         _set_threads(threads)
     args = _tokenizer_args(Path(output_dir), seed, query)
-    return format_report(finished_stage(args) or train(args), args.output_dir)
+    callback = ThreadBoost(*more_threads) if more_threads is not None else None
+    return format_report(finished_stage(args) or train(args, step_callback=callback), args.output_dir)
+
+
+class ThreadBoost:
+    """A training step callback: once `event` is set (the sibling worker has finished), go on with `threads`
+    threads. Torch resizes its thread pool between steps; the check is one flag read per step."""
+
+    def __init__(self, event, threads: int):
+        self.event, self.threads = event, threads
+
+    def __call__(self, steps_done: int) -> None:
+        if self.event.is_set() and _threads() < self.threads:
+            _set_threads(self.threads)
 
 
 def finished_stage(args) -> dict | None:
@@ -73,10 +91,26 @@ def _llava_stages(output_dir: str, seed: int, only: tuple[str, ...] | None = Non
     return run_llava_demo(str(root / "tokenizer"), str(root / "qdove"), output_dir, seed=seed, only=only)
 
 
+def _llava_branch(output_dir: str, seed: int, threads: int | None = None) -> None:
+    """Stage 2's LLaVA worker: the grid base and the DOVE LoRA, then their lmms-eval runs (reused by stage 4)."""
+    from eval.compare import demo_comparison
+
+    _llava_stages(output_dir, seed, ("base", "dove"), threads)
+    demo_comparison(output_dir, seed=seed, runs_only=True)
+
+
 def _set_threads(threads: int) -> None:
+    """Torch's thread count, and that of the processes started from here (the lmms-eval runs)."""
     import torch
 
     torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _say(message: str) -> None:
@@ -108,10 +142,13 @@ def run_demo(output_dir: str | os.PathLike = "runs/demo", seed: int = 0, llava: 
     if parallel:
         threads = max(1, (os.cpu_count() or 2) // 2)
         log(f"[dove demo] stage 2/{total}: in parallel ({threads} thread(s) per process): Q-DOVE into "
-            f"{root / 'qdove'} | LLaVA on the grid tower, then DOVE LoRA, into {root}")
-        with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
-            qdove = pool.submit(_train_tokenizer, str(root), seed, True, threads)
-            branch = pool.submit(_llava_stages, str(root), seed, ("base", "dove"), threads)
+            f"{root / 'qdove'} | LLaVA on the grid tower, then DOVE LoRA and their lmms-eval runs, into {root}")
+        context = multiprocessing.get_context("spawn")
+        with context.Manager() as manager, ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
+            branch_done = manager.Event()
+            qdove = pool.submit(_train_tokenizer, str(root), seed, True, threads, (branch_done, os.cpu_count() or 2))
+            branch = pool.submit(_llava_branch, str(root), seed, threads)
+            branch.add_done_callback(lambda _: branch_done.set())
             reports.append(qdove.result())
             branch.result()
     else:

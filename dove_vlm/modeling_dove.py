@@ -768,10 +768,13 @@ class DoveModel(DovePreTrainedModel):
         max_tokens: int | None = None,
         eos_threshold: float | None = None,
         num_tokens: int | torch.Tensor | None = None,
+        latents: torch.Tensor | None = None,
     ) -> DoveModelOutput:
-        """Encode then decode (training path); the reconstruction is not clamped so losses see real errors."""
+        """Encode then decode (training path); the reconstruction is not clamped so losses see real errors.
+        `latents`: the frozen VQGAN's latents of `pixel_values`, computed beforehand (the encoder is skipped)."""
         enc = self.encode(
-            pixel_values, queries=queries, max_tokens=max_tokens, eos_threshold=eos_threshold, num_tokens=num_tokens
+            None if latents is not None else pixel_values, queries=queries, max_tokens=max_tokens,
+            eos_threshold=eos_threshold, num_tokens=num_tokens, latents=latents,
         )
         predicted = self.decode_latents(enc.tokens, enc.attention_mask)
         return DoveModelOutput(

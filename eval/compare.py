@@ -9,6 +9,7 @@ writes `comparison.json`, `comparison.md` and `accuracy_vs_tokens.png`.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import math
 import os
@@ -242,8 +243,65 @@ def mode_matrix(grid_model: str | None = None, dove_model: str | None = None, qd
     return specs
 
 
+def run_fingerprint(spec: RunSpec, task_yaml: str | os.PathLike, batch_size: int, limit: int | None) -> str:
+    """A digest of everything an lmms-eval run's results depend on: the row (model folder, mode, adapter options),
+    the task file and its data, batch size and limit, and the model folder's files (names, sizes, modification
+    times; checkpoints left out). Equal digests mean a finished run can be reused."""
+    task, include = task_of(task_yaml)
+    digest = hashlib.sha256(json.dumps([asdict(spec), batch_size, limit], sort_keys=True).encode())
+    digest.update(Path(task_yaml).read_bytes())
+    data = include.parent / f"{task}.json"
+    if data.is_file():
+        digest.update(data.read_bytes())
+    root = Path(spec.pretrained).resolve()
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if path.is_file() and not rel.parts[0].startswith("checkpoint-"):
+            stat = path.stat()
+            digest.update(f"{rel}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+RUN_RECORD = "dove_run.json"
+
+
+def run_rows(task_yaml: str | os.PathLike, specs: list[RunSpec], output_dir: str | os.PathLike, batch_size: int = 16,
+             limit: int | None = None, reuse: bool = True, log=print) -> list[dict]:
+    """One lmms-eval command-line run per spec (into `output_dir/runs/NAME`); returns each row's figures
+    (`read_results`). With `reuse`, a row whose earlier run finished with the same `run_fingerprint` is read back
+    instead of run again (`dove demo` runs the grid and DOVE rows while Q-DOVE still trains). Raises
+    `LmmsEvalError` on the first failed run."""
+    task, include = task_of(task_yaml)
+    check_task_data(task_yaml)
+    rows = []
+    for spec in specs:
+        run_dir = Path(output_dir) / "runs" / spec.name
+        record = run_dir / RUN_RECORD
+        fingerprint = run_fingerprint(spec, task_yaml, batch_size, limit)
+        t0 = time.time()
+        previous = json.loads(record.read_text()) if reuse and record.is_file() else {}
+        if previous.get("fingerprint") == fingerprint and Path(previous.get("results_file", "")).is_file():
+            log(f"[dove eval] {spec.name}: reusing the finished lmms-eval run in {run_dir} (same model, task and "
+                "options)")
+            results_file, wall = Path(previous["results_file"]), previous["wall_seconds"]
+        else:
+            log(f"[dove eval] {spec.name}: lmms-eval --model dove_llava --model_args pretrained={spec.pretrained},"
+                f"tower_mode={spec.mode} --tasks {task}")
+            record.unlink(missing_ok=True)
+            results_file = run_lmms_eval(spec, [task], include, run_dir, batch_size, limit)
+            wall = time.time() - t0
+            record.write_text(json.dumps({"fingerprint": fingerprint, "results_file": str(results_file),
+                                          "wall_seconds": wall}))
+        row = {"name": spec.name, **asdict(spec), **read_results(results_file, task), "wall_seconds": wall}
+        rows.append(row)
+        log(f"[dove eval] {spec.name}: accuracy {row['accuracy']:.1f}, tokens/image {row['tokens_per_image_mean']:.1f}"
+            f", {1000 * row['seconds_per_sample']:.1f} ms/sample")
+    return rows
+
+
 def compare(task_yaml: str | os.PathLike, specs: list[RunSpec], output_dir: str | os.PathLike, batch_size: int = 16,
-            limit: int | None = None, reference: dict | None = None, side_by_side: bool = True, log=print) -> dict:
+            limit: int | None = None, reference: dict | None = None, side_by_side: bool = True, reuse: bool = True,
+            log=print) -> dict:
     """Run every spec through lmms-eval on one task and write the comparison files into `output_dir`.
 
     Args:
@@ -251,28 +309,20 @@ def compare(task_yaml: str | os.PathLike, specs: list[RunSpec], output_dir: str 
             metrics.json), reported next to the lmms-eval accuracy as a difference in points.
         side_by_side: also time all rows in one process, interleaved (`side_by_side_latency`); the speed-ups
             vs grid then come from it (lmms-eval's `avg_latency` of separate runs drifts with the machine's load).
+        reuse: read back rows whose lmms-eval run already finished with the same inputs (`run_rows`).
 
     Returns:
         the `comparison.json` content. Raises `LmmsEvalError` on the first failed run.
     """
-    task, include = task_of(task_yaml)
-    check_task_data(task_yaml)
+    task, _ = task_of(task_yaml)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
     started = time.time()
-    for spec in specs:
-        log(f"[dove eval] {spec.name}: lmms-eval --model dove_llava --model_args pretrained={spec.pretrained},"
-            f"tower_mode={spec.mode} --tasks {task}")
-        t0 = time.time()
-        results_file = run_lmms_eval(spec, [task], include, out / "runs" / spec.name, batch_size, limit)
-        row = {"name": spec.name, **asdict(spec), **read_results(results_file, task), "wall_seconds": time.time() - t0}
-        if reference and spec.name in reference:
-            row["reference_accuracy"] = 100.0 * reference[spec.name]
+    rows = run_rows(task_yaml, specs, out, batch_size, limit, reuse=reuse, log=log)
+    for row in rows:
+        if reference and row["name"] in reference:
+            row["reference_accuracy"] = 100.0 * reference[row["name"]]
             row["accuracy_minus_reference"] = row["accuracy"] - row["reference_accuracy"]
-        rows.append(row)
-        log(f"[dove eval] {spec.name}: accuracy {row['accuracy']:.1f}, tokens/image {row['tokens_per_image_mean']:.1f}"
-            f", {1000 * row['seconds_per_sample']:.1f} ms/sample")
     if side_by_side:
         log("[dove eval] latency: all rows side by side in one process, interleaved batch by batch")
         for row, seconds in zip(rows, side_by_side_latency(specs, task_yaml, batch_size, limit).values()):
@@ -378,12 +428,16 @@ def reference_evaluation(spec: RunSpec, task_yaml: str | os.PathLike, batch_size
 
 def demo_comparison(demo_dir: str | os.PathLike, seed: int = 0, fixed_k: tuple[int, ...] = (16,),
                     num_scenes: int = 250, questions_per_scene: int = 2, query_null: bool = False,
-                    log=print) -> str | None:
+                    runs_only: bool = False, log=print) -> str | None:
     """The closing report of `dove demo`: the lmms-eval comparison over the demo's LLaVA stages
     (`llava_base` → grid, `llava_dove` → fixed-K and adaptive, `llava_qdove` → query, and query-null when asked)
     on the embedded test split that `dove llava-train` scores (same scenes, same questions). The default rows
     keep the demo short: fixed-16 is the fixed-length baseline at adaptive DOVE's typical count. Returns the
-    markdown section, or `None` when no LLaVA stage is there; a failed run is reported, not raised."""
+    markdown section, or `None` when no LLaVA stage is there; a failed run is reported, not raised.
+
+    `runs_only` runs (or reuses) the lmms-eval runs of the stages present now and returns `None`: no latency
+    measurement and no report (`dove demo` does this for the grid and DOVE rows while Q-DOVE still trains; the
+    closing call reuses them)."""
     root = Path(demo_dir)
     stages = {name: root / name for name in ("llava_base", "llava_dove", "llava_qdove")}
     present = {name: str(path) for name, path in stages.items() if (path / "metrics.json").is_file()}
@@ -392,14 +446,17 @@ def demo_comparison(demo_dir: str | os.PathLike, seed: int = 0, fixed_k: tuple[i
     try:
         import lmms_eval  # noqa: F401
     except ImportError:
-        return "## lmms-eval comparison\n\nskipped: lmms-eval is not installed (see docs/evaluation.md)."
+        return None if runs_only else "## lmms-eval comparison\n\nskipped: lmms-eval is not installed (see docs/evaluation.md)."
     task_yaml = export_embedded(root / "eval_data", "test", num_scenes, seed, 32, questions_per_scene)
     specs = mode_matrix(present.get("llava_base"), present.get("llava_dove"), present.get("llava_qdove"), fixed_k,
                         query_null=query_null)
     try:
+        if runs_only:
+            run_rows(task_yaml, specs, root / "eval_compare", log=log)
+            return None
         comparison = compare(task_yaml, specs, root / "eval_compare", reference=reference_accuracies(specs), log=log)
     except LmmsEvalError as err:
-        return f"## lmms-eval comparison\n\nfailed: {err}"
+        return None if runs_only else f"## lmms-eval comparison\n\nfailed: {err}"
     return (f"## lmms-eval comparison ({comparison['task']}, {root / 'eval_compare'})\n\n"
             + comparison_table(comparison))
 

@@ -47,6 +47,23 @@ def build_training_dataset(spec: str, image_size: int, num_scenes: int, seed: in
     return dataset
 
 
+def cached_latents(model, dataset: Dataset, device: torch.device, batch_size: int = 256,
+                   max_bytes: int = 2**30) -> torch.Tensor | None:
+    """The frozen VQGAN's latents of every image of a materialised dataset, `(N, C, h, w)` float32 on the CPU, so
+    training skips the encoder at every step (the tiny preset sees each image ~5 times); `None` when the VQGAN
+    trains, the data are not materialised, or the latents would take more than `max_bytes`."""
+    config = model.config
+    size = len(dataset) * config.latent_channels * config.latent_size**2 * 4
+    if not config.freeze_vqgan or not isinstance(dataset, UInt8ImageDataset) or size > max_bytes:
+        return None
+    latents = []
+    with torch.no_grad(), model.batch_invariance(False):  # batched calls (training never took the per-image path)
+        for start in tqdm(range(0, len(dataset), batch_size), desc="VQGAN latents", leave=False):
+            images = get_batch(dataset, list(range(start, min(len(dataset), start + batch_size)))).to(device)
+            latents.append(model.encode_latents(images).float().cpu())
+    return torch.cat(latents)
+
+
 def batch_indices(num_items: int, batch_size: int, step: int, seed: int, rank: int = 0, world: int = 1) -> list[int]:
     """Indices of the batch for `step` (and this process's shard): a pure function of (seed, step), so a
     resumed run sees exactly the batches the uninterrupted run would have seen."""

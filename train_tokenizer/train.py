@@ -11,6 +11,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from accelerate import Accelerator
@@ -33,7 +34,7 @@ from .checkpointing import (
     save_checkpoint,
 )
 from .config import TrainingArguments
-from .data import batch_indices, build_training_dataset, get_batch
+from .data import batch_indices, build_training_dataset, cached_latents, get_batch
 from .evaluate import evaluate_queries, evaluate_tokenizer
 from .losses import DynamicThreshold, EosWeightSchedule, ReconstructionLoss, eos_loss
 from .plots import write_plots
@@ -142,8 +143,11 @@ def build_grounding(args: TrainingArguments, image_size: int) -> GroundingTraini
                      f"not {args.data!r}.")
 
 
-def train(args: TrainingArguments) -> dict:
-    """Train a DOVE tokenizer as `args` says; returns the final metrics (also written to `metrics.json`)."""
+def train(args: TrainingArguments, step_callback: Callable[[int], None] | None = None) -> dict:
+    """Train a DOVE tokenizer as `args` says; returns the final metrics (also written to `metrics.json`).
+
+    `step_callback(steps_done)`, when given, is called after every optimizer step (e.g. `dove demo` gives a worker
+    more threads once its sibling process has finished)."""
     output_dir = check_output_dir(args.output_dir)
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.gradient_accumulation_steps
@@ -211,6 +215,8 @@ def train(args: TrainingArguments) -> dict:
     current_query_threshold = float("nan")
     raw_model = accelerator.unwrap_model(model)
     n = config.max_tokens
+    # Frozen VQGAN: its latents of every training image once, instead of an encoder pass at every step.
+    dataset_latents = cached_latents(raw_model, dataset, accelerator.device)
 
     model.train()
     progress = tqdm(range(start_step, args.max_steps), initial=start_step, total=args.max_steps,
@@ -227,7 +233,8 @@ def train(args: TrainingArguments) -> dict:
                               if grounding else (None, [None] * len(indices)))
             queried = torch.tensor([b is not None for b in boxes], device=images.device)
             with accelerator.accumulate(model), accelerator.autocast():
-                out = model(images, queries=queries, num_tokens=forced)
+                latents = None if dataset_latents is None else dataset_latents[indices].to(images.device)
+                out = model(images, queries=queries, num_tokens=forced, latents=latents)
                 recon = out.reconstruction.float()
                 # Full-image L_rec for the plain (null-query) rows only, L_qry for the queried ones: each row's
                 # loss is computed once (LPIPS is the costly part).
@@ -312,6 +319,8 @@ def train(args: TrainingArguments) -> dict:
             history.append(record)
             progress.set_postfix(loss=f"{record['loss']:.4f}", len=f"{mean_len:.1f}", T=f"{current_threshold:.4f}")
         done = step + 1
+        if step_callback is not None:
+            step_callback(done)
         if accelerator.is_main_process and (done % args.checkpoint_every == 0 or done == args.max_steps):
             extras, extra_states = {}, {}
             if disc_optimizer is not None:

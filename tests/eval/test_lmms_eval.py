@@ -113,6 +113,10 @@ def test_bad_task_files(tmp_path, task_yaml):
 def test_lmms_eval_cli_comparison(llava_dir, task_yaml, tmp_path):
     """`dove eval compare` runs lmms-eval's command line (a subprocess; one mode, four questions), reads its results
     file, and matches the LLaVA evaluation (`evaluate_vqa`) on the same model and questions."""
+    _cli_comparison(llava_dir, task_yaml, tmp_path)
+
+
+def _cli_comparison(llava_dir, task_yaml, tmp_path):
     from dove_vlm.cli import main
 
     out = tmp_path / "cmp"
@@ -126,6 +130,39 @@ def test_lmms_eval_cli_comparison(llava_dir, task_yaml, tmp_path):
     assert results["throughput"]["avg_image_tokens"] == row["tokens_per_image_mean"]
     assert results["efficiency"]["overall"]["docs_with_token_counts"] == 4
     assert "| query |" in (out / "comparison.md").read_text() and (out / "accuracy_vs_tokens.png").is_file()
+    return out, row
+
+
+def test_finished_runs_are_reused_only_with_the_same_inputs(llava_dir, task_yaml, tmp_path, monkeypatch, capsys):
+    """A second `dove eval compare` reads the finished run back; other options, a changed model file or --rerun
+    start lmms-eval again (here a stand-in that fails, which proves it was called)."""
+    import shutil
+
+    from dove_vlm.cli import main
+    from eval import compare as compare_module
+
+    model = tmp_path / "model"
+    shutil.copytree(llava_dir, model)
+    out, row = _cli_comparison(str(model), task_yaml, tmp_path)
+    calls = []
+
+    def no_lmms_eval(spec, *args, **kwargs):
+        calls.append(spec.name)
+        raise compare_module.LmmsEvalError(f"lmms-eval was started for {spec.name}")
+
+    monkeypatch.setattr(compare_module, "run_lmms_eval", no_lmms_eval)
+    command = ["eval", "compare", "--task", str(task_yaml), "--qdove-model", str(model), "--modes", "query",
+               "--output-dir", str(out), "--batch-size", "4", "--limit", "4", "--no-side-by-side"]
+    capsys.readouterr()
+    assert main(command) == 0 and calls == []
+    assert "reusing the finished lmms-eval run" in capsys.readouterr().out
+    again = json.loads((out / "comparison.json").read_text())["rows"][0]
+    assert again["accuracy"] == row["accuracy"] and again["results_file"] == row["results_file"]
+    assert main([*command, "--rerun"]) == 1 and calls == ["query"]
+    assert main([*command[:-5], "--batch-size", "2", "--limit", "4", "--no-side-by-side"]) == 1  # other options
+    config = model / "config.json"
+    os.utime(config, ns=(config.stat().st_atime_ns, config.stat().st_mtime_ns + 10**9))  # the model was retrained
+    assert main(command) == 1 and calls == ["query", "query", "query"]
 
 
 def test_failed_runs_exit_non_zero_with_the_cause(llava_dir, task_yaml, tmp_path, monkeypatch, capsys):

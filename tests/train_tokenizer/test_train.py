@@ -125,3 +125,31 @@ def test_bad_query_length_limits_in_training_arguments(tmp_path):
 def test_query_training_rejects_non_grounding_data(tmp_path):
     with pytest.raises(ValueError, match="grounding data"):
         train_module.train(micro_args(tmp_path, query=True, data=str(tmp_path)))
+
+
+def test_frozen_vqgan_latents_are_cached_once_and_match_the_encoder(micro_model):
+    """Training reads the frozen VQGAN's latents from a cache made once (not an encoder pass per step); they equal
+    the encoder's, and there is no cache when the VQGAN trains, the data are not materialised, or it is too big."""
+    from train_tokenizer.data import UInt8ImageDataset, cached_latents, get_batch
+
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    dataset = UInt8ImageDataset(images)
+    cache = cached_latents(micro_model, dataset, torch.device("cpu"), batch_size=2)
+    with torch.no_grad():
+        expected = micro_model.encode_latents(get_batch(dataset, [0, 1, 2, 3, 4]))
+    assert cache.shape == expected.shape and torch.allclose(cache, expected, atol=1e-5)
+    out = micro_model(get_batch(dataset, [3, 1]), latents=cache[[3, 1]])
+    assert torch.equal(out.latents, cache[[3, 1]]) and out.reconstruction.shape == (2, 3, 32, 32)
+    assert cached_latents(micro_model, dataset, torch.device("cpu"), max_bytes=100) is None
+    assert cached_latents(micro_model, [dataset[0]], torch.device("cpu")) is None
+    micro_model.config.freeze_vqgan = False
+    try:
+        assert cached_latents(micro_model, dataset, torch.device("cpu")) is None
+    finally:
+        micro_model.config.freeze_vqgan = True
+
+
+def test_step_callback_sees_every_step(tmp_path):
+    seen = []
+    train_module.train(micro_args(tmp_path, max_steps=3), step_callback=seen.append)
+    assert seen == [1, 2, 3]
