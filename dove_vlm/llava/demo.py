@@ -21,14 +21,17 @@ LLAVA_DEMO_SHARED: dict[str, Any] = dict(num_train_scenes=6000, captions=True, e
                                          eval_batch_size=100)
 LLAVA_DEMO_BASE: dict[str, Any] = dict(max_steps=1500, learning_rate=1e-3, warmup_steps=50, turns_per_image=8,
                                        hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256)
-# DOVE's shortest codes (one token for a plain scene with a small object) drop the object's colour; a floor of four
-# tokens keeps it (+2 points at +1 token per image on average, runs/lx). The new projector needs more steps than
+# DOVE's short codes (one token for a plain scene with a small object) drop the object's colour: a floor on the length
+# (the tower's `min_tokens`; above it the length still follows the image) buys accuracy with tokens. On one base
+# LLaVA (runs/x_lora_*, 500 held-out questions, grid 47.0% at 64 tokens): floor 4 → 40.2% at 17.7 tokens, 8 → 40.6% at
+# 19.3, 16 → 43.0% at 22.8, 24 → 45.2% at 27.1 (42% of the grid's tokens). The new projector needs more steps than
 # the LoRA alone would: 37.4% after 400 steps, 42.0% after 1200 (runs/lx).
 LLAVA_DEMO_LORA: dict[str, Any] = dict(max_steps=1200, learning_rate=2e-3, warmup_steps=25, lora_r=16, lora_alpha=32,
-                                       turns_per_image=8, feature="hidden", min_tokens=4)
+                                       turns_per_image=8, feature="hidden", min_tokens=24)
 # Q-DOVE encodes each image for one question: single-turn examples, so a larger batch and fewer scenes (its
-# features are computed per question). Its query already keeps the asked-about object, so no floor; 400 steps
-# reach what 1200 do (40.8% vs 41.0%, runs/lx).
+# features are computed per question). Its query already keeps the asked-about object, so no floor (longer query
+# codes do not help: query lengths 2–16 → 39.2% at 7.0 tokens, 8–16 → 39.2% at 10.5, 16–19 → 38.4% at 16.8,
+# runs/x_qlora_*); 400 steps reach what 1200 do (40.8% vs 41.0%, runs/lx).
 LLAVA_DEMO_QDOVE: dict[str, Any] = dict(turns_per_image=1, batch_size=32, num_train_scenes=1000, min_tokens=None,
                                         max_steps=400)
 

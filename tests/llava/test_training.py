@@ -248,7 +248,7 @@ def test_run_llava_demo_three_stages(dove_dir, qdove_dir, tmp_path):
                                                                 "num_attention_heads", "intermediate_size")}
     shape = {k: MICRO_LLAVA[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")}
     settings = dict(shared=dict(micro, num_train_scenes=8, captions=True),
-                    base=dict(shape, max_steps=2, turns_per_image=4), lora=dict(max_steps=2, lora_r=2),
+                    base=dict(shape, max_steps=2, turns_per_image=4), lora=dict(max_steps=2, lora_r=2, min_tokens=4),
                     qdove=dict(batch_size=8, num_train_scenes=8, max_steps=2), log=lambda *_: None)
     table, results = run_llava_demo(dove_dir, qdove_dir, str(tmp_path), seed=0, **settings)
     names = list(results["stages"])
