@@ -447,7 +447,8 @@ def demo_comparison(demo_dir: str | os.PathLike, seed: int = 0, fixed_k: tuple[i
     try:
         import lmms_eval  # noqa: F401
     except ImportError:
-        return None if runs_only else "## lmms-eval comparison\n\nskipped: lmms-eval is not installed (see docs/evaluation.md)."
+        skipped = "## lmms-eval comparison\n\nskipped: lmms-eval is not installed (see docs/evaluation.md)."
+        return None if runs_only else skipped
     task_yaml = export_embedded(root / "eval_data", "test", num_scenes, seed, 32, questions_per_scene)
     specs = mode_matrix(present.get("llava_base"), present.get("llava_dove"), present.get("llava_qdove"), fixed_k,
                         query_null=query_null)

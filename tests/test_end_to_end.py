@@ -1,4 +1,4 @@
-"""End to end at the tiny preset (about 37 minutes on a 2-core CPU): `python -m pytest -m slow`.
+"""End to end at the tiny preset (about 23 minutes on a 2-core CPU): `python -m pytest -m slow`.
 Runs the real `dove demo` command line and checks the tokenizer's and Q-DOVE's targets on held-out scenes, and that
 the LLaVA stages and the lmms-eval comparison report."""
 
