@@ -38,11 +38,10 @@ def _tokenizer_args(output_dir: Path, seed: int, query: bool):
                              init_from=str(output_dir / "tokenizer"), **QDOVE_DEMO_SCHEDULE)
 
 
-def _train_tokenizer(output_dir: str, seed: int, query: bool, threads: int | None = None, more_threads=None) -> str:
+def _train_tokenizer(output_dir: str, seed: int, query: bool, threads: int | None = None,
+                     step_callback=None) -> str:
     """One tokenizer stage; returns its text report (a top-level function: it runs in a worker process).
-
-    `more_threads`: `(event, count)`; once the event is set (another worker has finished), training goes on with
-    `count` threads."""
+    `step_callback` goes to `train` (e.g. a `ThreadBoost`)."""
     from train_tokenizer.train import train
 
     from .cli import format_report
@@ -50,20 +49,21 @@ def _train_tokenizer(output_dir: str, seed: int, query: bool, threads: int | Non
     if threads:
         _set_threads(threads)
     args = _tokenizer_args(Path(output_dir), seed, query)
-    callback = ThreadBoost(*more_threads) if more_threads is not None else None
-    return format_report(finished_stage(args) or train(args, step_callback=callback), args.output_dir)
+    return format_report(finished_stage(args) or train(args, step_callback=step_callback), args.output_dir)
 
 
 class ThreadBoost:
     """A training step callback: once `event` is set (the sibling worker has finished), go on with `threads`
-    threads. Torch resizes its thread pool between steps; the check is one flag read per step."""
+    threads. Torch resizes its thread pool between steps. The event may live in a manager process, so it is asked
+    once per step until it is set, never after."""
 
     def __init__(self, event, threads: int):
-        self.event, self.threads = event, threads
+        self.event, self.threads, self.boosted = event, threads, False
 
     def __call__(self, steps_done: int) -> None:
-        if self.event.is_set() and _threads() < self.threads:
+        if not self.boosted and self.event.is_set():
             _set_threads(self.threads)
+            self.boosted = True
 
 
 def finished_stage(args) -> dict | None:
@@ -107,12 +107,6 @@ def _set_threads(threads: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
-def _threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
 def _say(message: str) -> None:
     print(message, flush=True)
 
@@ -146,7 +140,8 @@ def run_demo(output_dir: str | os.PathLike = "runs/demo", seed: int = 0, llava: 
         context = multiprocessing.get_context("spawn")
         with context.Manager() as manager, ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
             branch_done = manager.Event()
-            qdove = pool.submit(_train_tokenizer, str(root), seed, True, threads, (branch_done, os.cpu_count() or 2))
+            boost = ThreadBoost(branch_done, os.cpu_count() or 2)
+            qdove = pool.submit(_train_tokenizer, str(root), seed, True, threads, boost)
             branch = pool.submit(_llava_branch, str(root), seed, threads)
             branch.add_done_callback(lambda _: branch_done.set())
             reports.append(qdove.result())
