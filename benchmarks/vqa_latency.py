@@ -76,8 +76,9 @@ def main(argv=None) -> int:
     sizes = [None] + [tuple(int(x) for x in size.split("x")) for size in ns.lm_sizes.split(",") if size.strip()]
     results = []
     print(f"threads {torch.get_num_threads()}, adapter options {model_args}")
-    print("| LM | batch | mode | tokens / image | prompt tokens | ms / sample | vs grid | load (1 min) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| LM | batch | mode | tokens / image | prompt tokens | ms / sample | vs grid | tower + LM ms | LM vs grid "
+          "| load (1 min) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for size in sizes:
         rows = specs
         if size is not None:
@@ -88,16 +89,22 @@ def main(argv=None) -> int:
             started = time.time()
             seconds = side_by_side_latency(rows, ns.task, batch_size, ns.limit, rounds=ns.rounds, stats=stats)
             grid = seconds.get("grid")
+            grid_lm = stats["grid"]["language_model_seconds_per_sample"] if grid else None
             for name, value in seconds.items():
+                tower, lm = stats[name]["tower_seconds_per_sample"], stats[name]["language_model_seconds_per_sample"]
                 row = {"lm": "trained" if size is None else f"{size[0]}x{size[1]}", "batch_size": batch_size,
                        "mode": name, "ms_per_sample": 1000 * value, "speedup_vs_grid": grid / value if grid else None,
+                       "tower_ms_per_sample": 1000 * tower, "language_model_ms_per_sample": 1000 * lm,
+                       "language_model_speedup_vs_grid": grid_lm / lm if grid else None,
                        "tokens_per_image": stats[name]["tokens_per_image"],
                        "prompt_tokens": stats[name]["prompt_tokens_mean"], "load_1min": load,
                        "load_1min_after": os.getloadavg()[0], "wall_seconds": time.time() - started}
                 results.append(row)
                 speed = f"{row['speedup_vs_grid']:.2f}×" if grid else "—"
+                lm_speed = f"{row['language_model_speedup_vs_grid']:.2f}×" if grid else "—"
                 print(f"| {row['lm']} | {batch_size} | {name} | {row['tokens_per_image']:.1f} | "
                       f"{row['prompt_tokens']:.1f} | {row['ms_per_sample']:.2f} | {speed} | "
+                      f"{row['tower_ms_per_sample']:.2f} + {row['language_model_ms_per_sample']:.2f} | {lm_speed} | "
                       f"{load:.1f}→{row['load_1min_after']:.1f} |", flush=True)
     if ns.output:
         Path(ns.output).parent.mkdir(parents=True, exist_ok=True)

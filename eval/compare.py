@@ -325,14 +325,21 @@ def compare(task_yaml: str | os.PathLike, specs: list[RunSpec], output_dir: str 
             row["accuracy_minus_reference"] = row["accuracy"] - row["reference_accuracy"]
     if side_by_side:
         log("[dove eval] latency: all rows side by side in one process, interleaved batch by batch")
-        for row, seconds in zip(rows, side_by_side_latency(specs, task_yaml, batch_size, limit).values()):
-            row["side_by_side_seconds_per_sample"] = seconds
+        stats: dict = {}
+        latency = side_by_side_latency(specs, task_yaml, batch_size, limit, stats=stats)
+        for row, spec in zip(rows, specs):
+            row["side_by_side_seconds_per_sample"] = latency[spec.name]
+            for part in ("tower", "language_model"):
+                row[f"side_by_side_{part}_seconds_per_sample"] = stats[spec.name][f"{part}_seconds_per_sample"]
     grid = next((r for r in rows if r["mode"] == "grid"), None)
     key = "side_by_side_seconds_per_sample" if side_by_side else "seconds_per_sample"
     for row in rows:
         if grid:
             row["tokens_vs_grid"] = row["tokens_per_image_mean"] / grid["tokens_per_image_mean"]
             row["speedup_vs_grid"] = grid[key] / row[key]
+            if side_by_side:  # the language model's share alone: does it fall with the tokens saved?
+                lm = "side_by_side_language_model_seconds_per_sample"
+                row["language_model_speedup_vs_grid"] = grid[lm] / row[lm]
     comparison = {"task": task, "task_file": str(Path(task_yaml).resolve()), "batch_size": batch_size, "limit": limit,
                   "rows": rows, "seconds": time.time() - started}
     (out / "comparison.json").write_text(json.dumps(comparison, indent=2))
@@ -346,8 +353,10 @@ def comparison_table(comparison: dict) -> str:
     """The markdown table: accuracy, mean ± std tokens per image, latency per sample and its ratio to grid."""
     has_ref = any("reference_accuracy" in r for r in comparison["rows"])
     side = any("side_by_side_seconds_per_sample" in r for r in comparison["rows"])
+    split = any("side_by_side_tower_seconds_per_sample" in r for r in comparison["rows"])
     head = ("| mode | accuracy | tokens / image | latency / sample (lmms-eval run) |"
-            + (" latency / sample (side by side) |" if side else "") + " speed-up vs grid |") + (
+            + (" latency / sample (side by side) |" if side else "") + " speed-up vs grid |"
+            + (" tower + LM / sample (side by side) | LM speed-up vs grid |" if split else "")) + (
         " reference accuracy |" if has_ref else "")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in comparison["rows"]:
@@ -356,6 +365,12 @@ def comparison_table(comparison: dict) -> str:
         line = (f"| {r['name']} | {r['accuracy']:.1f} | {r['tokens_per_image_mean']:.1f}{std} | "
                 f"{1000 * r['seconds_per_sample']:.1f} ms |"
                 + (f" {1000 * r['side_by_side_seconds_per_sample']:.1f} ms |" if side else "") + f" {speed} |")
+        if split:
+            lm_speed = r.get("language_model_speedup_vs_grid")
+            line += (f" {1000 * r['side_by_side_tower_seconds_per_sample']:.1f} + "
+                     f"{1000 * r['side_by_side_language_model_seconds_per_sample']:.1f} ms |"
+                     if "side_by_side_tower_seconds_per_sample" in r else " — |")
+            line += f" {lm_speed:.2f}× |" if lm_speed is not None else " — |"
         if has_ref:
             line += (f" {r['reference_accuracy']:.1f} ({r['accuracy_minus_reference']:+.1f}) |"
                      if "reference_accuracy" in r else " — |")
@@ -473,7 +488,9 @@ def side_by_side_latency(specs: list[RunSpec], task_yaml: str | os.PathLike, bat
     The questions run in windows of `window` requests (default: the adapter's bucketing window, `bucket_window`
     batches); within every window each row runs once, in an order that rotates from window to window. `rounds`
     repeats the whole pass (after one untimed warm-up batch per row); a row's figure is the median over rounds.
-    `stats`, when given, receives each row's mean tokens per image and prompt length."""
+    `stats`, when given, receives each row's mean tokens per image and prompt length, and where its time goes:
+    seconds per sample in the tower (`tower_seconds_per_sample`) and in the language model's `generate`
+    (`language_model_seconds_per_sample`), from the median round."""
     from PIL import Image
 
     from eval.lmms_adapter import DoveLlava
@@ -495,10 +512,11 @@ def side_by_side_latency(specs: list[RunSpec], task_yaml: str | os.PathLike, bat
     step = 0
     for _ in range(max(1, rounds)):
         totals = dict.fromkeys(names, 0.0)
+        parts = {name: {} for name in names}
         for images, questions in windows:
             for name in names[step % len(names):] + names[: step % len(names)]:  # rotate the order every window
                 t0 = time.perf_counter()
-                _, lengths, prompt_lengths, _, _ = models[name]._generate(images, questions, 4)
+                _, lengths, prompt_lengths, _, _ = models[name]._generate(images, questions, 4, timings=parts[name])
                 totals[name] += time.perf_counter() - t0
                 if stats is not None:
                     row = stats.setdefault(name, {"tokens": 0, "prompt_tokens": 0, "samples": 0})
@@ -507,8 +525,11 @@ def side_by_side_latency(specs: list[RunSpec], task_yaml: str | os.PathLike, bat
                     row["samples"] += len(lengths)
             step += 1
         for name in names:
-            per_round[name].append(totals[name] / len(records))
-    for row in (stats or {}).values():
+            per_round[name].append((totals[name] / len(records), parts[name]))
+    medians = {name: sorted(values, key=lambda v: v[0])[len(values) // 2] for name, values in per_round.items()}
+    for name, row in (stats or {}).items():
         row["tokens_per_image"] = row["tokens"] / row["samples"]
         row["prompt_tokens_mean"] = row["prompt_tokens"] / row["samples"]
-    return {name: sorted(values)[len(values) // 2] for name, values in per_round.items()}
+        for part in ("tower", "language_model"):
+            row[f"{part}_seconds_per_sample"] = medians[name][1].get(part, 0.0) / len(records)
+    return {name: seconds for name, (seconds, _) in medians.items()}

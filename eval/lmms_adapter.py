@@ -216,11 +216,13 @@ class DoveLlava(lmms):
         out_lens = (new_tokens != tokenizer.pad_token_id).sum(1).tolist()
         return texts, attention_mask.sum(1).tolist(), out_lens
 
-    def _generate(self, images: list, questions: list[str], max_new_tokens: int):
+    def _generate(self, images: list, questions: list[str], max_new_tokens: int, timings: dict | None = None):
         """Answers of any number of requests: `(texts, image-token counts, prompt lengths, answer lengths, seconds
         per request)`, in request order. The tower runs once per image (`batch_size` at a time, in order); the
         language model runs on batches sorted by prompt length within windows of `bucket_window` batches. A
-        request's seconds are its share of its tower call plus its share of its `generate` call."""
+        request's seconds are its share of its tower call plus its share of its `generate` call. `timings`, when
+        given, gets the seconds of all tower calls (`"tower"`) and all `generate` calls (`"language_model"`) added
+        to it: where the time goes."""
         n, size = len(images), self.batch_size
         queries = list(questions) if self.use_queries else [None] * n
         texts, in_lens, out_lens, seconds = [None] * n, [0] * n, [0] * n, [0.0] * n
@@ -233,7 +235,10 @@ class DoveLlava(lmms):
                 chunk = range(start, min(rows.stop, start + size))
                 started = time.perf_counter()
                 out = self._encode_images([images[i] for i in chunk], [queries[i] for i in chunk])
-                share = (time.perf_counter() - started) / len(chunk)
+                elapsed = time.perf_counter() - started
+                share = elapsed / len(chunk)
+                if timings is not None:
+                    timings["tower"] = timings.get("tower", 0.0) + elapsed
                 for i, f in zip(chunk, out.pooler_output):
                     features[i], lengths[i], seconds[i] = f, int(f.shape[0]), share
             order = sorted(rows, key=lambda i: (lengths[i], len(questions[i]), i)) if self.bucket_window > 1 \
@@ -244,7 +249,10 @@ class DoveLlava(lmms):
                 answers, prompt_lens, answer_lens = self._answer(
                     [images[i] for i in batch], [questions[i] for i in batch], [queries[i] for i in batch],
                     [features[i] for i in batch], max_new_tokens)
-                share = (time.perf_counter() - started) / len(batch)
+                elapsed = time.perf_counter() - started
+                share = elapsed / len(batch)
+                if timings is not None:
+                    timings["language_model"] = timings.get("language_model", 0.0) + elapsed
                 for i, text, n_in, n_out in zip(batch, answers, prompt_lens, answer_lens):
                     texts[i], in_lens[i], out_lens[i] = text, int(n_in), int(n_out)
                     seconds[i] += share

@@ -130,6 +130,10 @@ def _cli_comparison(llava_dir, task_yaml, tmp_path):
     assert results["throughput"]["avg_image_tokens"] == row["tokens_per_image_mean"]
     assert results["efficiency"]["overall"]["docs_with_token_counts"] == 4
     assert "| query |" in (out / "comparison.md").read_text() and (out / "accuracy_vs_tokens.png").is_file()
+    # the side-by-side latency, split into the tower and the language model (parts of the same timed calls)
+    tower, lm = row["side_by_side_tower_seconds_per_sample"], row["side_by_side_language_model_seconds_per_sample"]
+    assert 0 < tower and 0 < lm and tower + lm <= row["side_by_side_seconds_per_sample"]
+    assert "LM speed-up vs grid" in (out / "comparison.md").read_text()
     return out, row
 
 
@@ -221,9 +225,13 @@ def test_bucketed_batches_answer_in_request_order(llava_dir, task_yaml, monkeypa
     questions = [r["question"] for r in records]
     assert [q for batch in batches[1] for q in batch] == questions  # window 1: request order
     assert sorted(q for batch in batches[8] for q in batch) == sorted(questions)
+    timings = {}
     texts, lengths, _, _, seconds = DoveLlava(pretrained=llava_dir, tower_mode="query", batch_size=2)._generate(
-        [Image.open(r["image"]).convert("RGB") for r in records], questions, 4)
+        [Image.open(r["image"]).convert("RGB") for r in records], questions, 4, timings=timings)
     assert len(texts) == len(lengths) == len(seconds) == len(records) and all(s > 0 for s in seconds)
+    # where the time goes: every request's seconds are its shares of the tower calls and the generate calls
+    assert timings["tower"] > 0 and timings["language_model"] > 0
+    assert sum(seconds) == pytest.approx(timings["tower"] + timings["language_model"])
 
 
 def test_batch_invariant_and_merge_lora_options(llava_dir, monkeypatch):
