@@ -625,7 +625,10 @@ class DoveModel(DovePreTrainedModel):
         threshold = self.config.eos_threshold if eos_threshold is None else eos_threshold
         shortest = self.config.min_tokens if min_tokens is None else min_tokens
         query_tokens = _query_tokens
-        if prefix is None and query_tokens is None and self._splits_by_query_length(pixel_values, queries):
+        if pixel_values is not None and latents is not None:
+            raise ValueError("pass either pixel_values or latents, not both.")
+        images = pixel_values if pixel_values is not None else latents  # either may be grouped by query length
+        if prefix is None and query_tokens is None and self._splits_by_query_length(images, queries):
             query_tokens = self.tokenize_queries(queries, len(queries))  # once for the whole batch
             groups = _query_length_groups(query_tokens[1])
             if groups is not None:
@@ -638,7 +641,9 @@ class DoveModel(DovePreTrainedModel):
                 for rows in groups:
                     width = int(mask[rows[0]].sum())  # one query length per group: no padding inside it
                     tokens = (ids[rows, :width], mask[rows, :width]) if width else (None, None)
-                    parts.append(self.encode(pixel_values[rows], queries=[queries[i] for i in rows.tolist()],
+                    inputs = ({"pixel_values": pixel_values[rows]} if pixel_values is not None
+                              else {"latents": latents[rows]})
+                    parts.append(self.encode(**inputs, queries=[queries[i] for i in rows.tolist()],
                                              num_tokens=None if forced is None else forced[rows] if forced.numel() > 1
                                              else forced, _query_tokens=tokens, **kwargs))
                 return _merge_encoder_outputs(parts, groups)
@@ -651,8 +656,6 @@ class DoveModel(DovePreTrainedModel):
             prefix = prefix.expand(count if prefix.batch_size == 1 else 1)
             latents = prefix.latents
         elif latents is not None:
-            if pixel_values is not None:
-                raise ValueError("pass either pixel_values or latents, not both.")
             c, side = self.config.latent_channels, self.config.latent_size
             if latents.ndim != 4 or tuple(latents.shape[1:]) != (c, side, side) or latents.shape[0] == 0:
                 raise ValueError(f"latents must have shape (batch, {c}, {side}, {side}); got {tuple(latents.shape)}.")
@@ -730,16 +733,15 @@ class DoveModel(DovePreTrainedModel):
         out = nn.functional.linear(rows, weight, bias)[:, : hidden.shape[1]]
         return out[..., :-1], torch.sigmoid(out[..., -1].float())
 
-    def _splits_by_query_length(self, pixel_values, queries) -> bool:
-        """True when a batch of per-image queries runs in groups of equal query length: results must not depend on
+    def _splits_by_query_length(self, images, queries) -> bool:
+        """True when a batch of per-image queries (with `images`: pixel values or latents) runs in groups of equal query length: results must not depend on
         the batch (eval mode on CPU with `config.batch_invariant`). A shorter query padded to the longest is
         attended through a mask, whose kernels sum differently in the last bits; each group of equal lengths is
         padding free, so an image gets the same bits alone or in any batch. Without `batch_invariant` the batch
         runs in one padded, masked call (faster; last-bit differences across batches)."""
         return not (self.training or not getattr(self.config, "batch_invariant", True)
-                    or not isinstance(queries, (list, tuple)) or not isinstance(pixel_values, torch.Tensor)
-                    or pixel_values.ndim != 4 or pixel_values.device.type != "cpu"
-                    or len(queries) != pixel_values.shape[0])
+                    or not isinstance(queries, (list, tuple)) or not isinstance(images, torch.Tensor)
+                    or images.ndim != 4 or images.device.type != "cpu" or len(queries) != images.shape[0])
 
     def decode_latents(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Token decoder only: tokens `(B, L, k)` → latent grid `(B, C, h, w)`."""

@@ -180,6 +180,15 @@ def test_encode_from_precomputed_latents_equals_encode_from_pixels(query_model, 
         from_latents = query_model.encode(latents=from_pixels.latents, queries="the red circle")
     assert torch.equal(from_pixels.lengths, from_latents.lengths)
     torch.testing.assert_close(from_latents.tokens, from_pixels.tokens, rtol=0, atol=1e-6)
+    # Per-image queries of different lengths: latents are grouped by query length like pixels, so each image
+    # gets the bits it gets alone (batch invariance) and one VQGAN pass serves several queries.
+    queries = [["the red circle", "the cross", None][i % 3] for i in range(len(images))]
+    with torch.no_grad():
+        mixed = query_model.encode(latents=from_pixels.latents, queries=queries)
+        for i, query in enumerate(queries):
+            alone = query_model.encode(images[i : i + 1], queries=[query])
+            assert int(mixed.lengths[i]) == int(alone.lengths[0])
+            assert torch.equal(mixed.tokens[i, : int(alone.lengths[0])], alone.tokens[0])
     with pytest.raises(ValueError, match="latents must have shape"):
         query_model.encode(latents=from_pixels.latents[:, :2])
     with pytest.raises(ValueError, match="not both"):
