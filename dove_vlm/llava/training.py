@@ -48,7 +48,8 @@ from ..data.synthetic import COLORS, SHAPES
 from ..vision_tower import DoveVisionTower, TowerMode
 from .modeling_dove_llava import DoveLlavaForConditionalGeneration
 from .processing_dove_llava import DoveLlavaProcessor
-from .vqa import CAPTION_QUESTION, build_prompt, build_vqa_split, evaluate_vqa, majority_baseline, type_counts
+from .vqa import (CAPTION_QUESTION, build_prompt, build_vqa_split, evaluate_vqa, majority_baseline, record_query,
+                  type_counts)
 
 STAGES = ("base", "lora")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -271,7 +272,7 @@ def tower_features(tower: DoveVisionTower, records: list[dict]) -> list[torch.Te
     on CPU than image by image)."""
     device = next(tower.parameters()).device
     pixels = tower.image_processor([r["image"] for r in records], return_tensors="pt")["pixel_values"].to(device)
-    queries = [r["question"] for r in records] if tower.supports_queries else None
+    queries = [record_query(r) for r in records] if tower.supports_queries else None
     with torch.no_grad(), tower.dove.batch_invariance(False):
         return [f.detach() for f in tower(pixels, queries=queries).features]
 
@@ -297,7 +298,7 @@ class TowerFeatureCache:
             self._features.update({k: f.to("cpu", torch.float32, copy=True) for k, f in zip(keys, features)})
 
     def key(self, example: list[dict]) -> tuple:
-        return (id(example[0]["image"]), example[0]["question"] if self.use_queries else None)
+        return (id(example[0]["image"]), record_query(example[0]) if self.use_queries else None)
 
     def features(self, indices: list[int]) -> list[torch.Tensor]:
         return [self._features[self._keys[i]] for i in indices]

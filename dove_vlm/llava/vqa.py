@@ -128,9 +128,16 @@ def build_vqa_split(split: str = "test", num_scenes: int = 100, seed: int = 0, i
             records.append({"image": scene.image, "question": item["question"], "answer": item["answer"],
                             "type": item["type"], "scene": index})
         if captions:
-            records.append({"image": scene.image, "question": CAPTION_QUESTION,
+            # A caption asks about the whole image: Q-DOVE gets the null query, not the words of the request.
+            records.append({"image": scene.image, "question": CAPTION_QUESTION, "query": None,
                             "answer": caption_answer(scene.objects, image_size), "type": "caption", "scene": index})
     return records
+
+
+def record_query(record: dict) -> str | None:
+    """The Q-DOVE query of a VQA record: its `query` field when it has one (`None`: the whole image, e.g. a caption
+    request, whose words name no region), else its question."""
+    return record["query"] if "query" in record else record["question"]
 
 
 def type_counts(records: Sequence[dict]) -> dict[str, int]:
@@ -217,7 +224,7 @@ def generate_answers(model, processor, records: Sequence[dict], batch_size: int 
             batch = records[start : start + batch_size]
             kwargs = {}
             if use_queries:
-                kwargs["image_queries"] = [r["question"] for r in batch]
+                kwargs["image_queries"] = [record_query(r) for r in batch]
             inputs = processor(images=[r["image"] for r in batch], text=[build_prompt(processor, r["question"])
                                                                          for r in batch],
                                return_tensors="pt", padding=True, **kwargs)

@@ -20,7 +20,7 @@ from dove_vlm.llava.training import (
     load_tower,
     train_llava,
 )
-from dove_vlm.llava.vqa import build_prompt, build_vqa_split, generate_answers
+from dove_vlm.llava.vqa import CAPTION_QUESTION, build_prompt, build_vqa_split, generate_answers, record_query
 from tests.llava.conftest import MICRO_LLAVA
 
 LORA = dict(MICRO_LLAVA, max_steps=4, learning_rate=3e-3, lora_r=4, lora_alpha=8)
@@ -100,6 +100,26 @@ def test_cached_features_equal_the_tower(qdove_dir):
     direct = tower(pixels, queries=[e[0]["question"] for e in examples]).features
     for got, want in zip(cache.features(list(range(len(examples)))), direct):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_caption_turns_give_q_dove_the_null_query(qdove_dir):
+    """A caption request ("describe the image.") names no region: its Q-DOVE features are the null query's (the
+    whole image), not those of the request's words; a question's are its own."""
+    tower = load_tower(qdove_dir, "query")
+    records = build_vqa_split("train", 3, seed=0, questions_per_scene=1, captions=True)
+    captions = [r for r in records if r["type"] == "caption"]
+    questions = [r for r in records if r["type"] != "caption"]
+    assert [record_query(r) for r in captions] == [None] * 3
+    assert [record_query(r) for r in questions] == [r["question"] for r in questions]
+    examples = group_examples(captions + questions, 1, 0)
+    cached = TowerFeatureCache(tower, examples, batch_size=6).features(list(range(len(examples))))
+    pixels = tower.image_processor([r["image"] for r in captions + questions], return_tensors="pt")["pixel_values"]
+    null = tower(pixels[:3]).features
+    asked = tower(pixels[3:], queries=[r["question"] for r in questions]).features
+    for got, want in zip(cached, [*null, *asked]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    worded = tower(pixels[:3], queries=[CAPTION_QUESTION] * 3).features
+    assert any(a.shape != b.shape or not torch.allclose(a, b) for a, b in zip(worded, null))  # the words differ
 
 
 def test_cache_and_recompute_train_the_same_model(dove_dir, base_dir, tmp_path):
