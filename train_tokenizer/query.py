@@ -14,7 +14,8 @@ from .data import UInt8ImageDataset, materialize_scenes
 
 
 class GroundingTrainingSet:
-    """Images plus, per image, the (text, boxes in pixels) pairs that may query it."""
+    """Images plus, per image, the (text, boxes in pixels) pairs that may query it; boxes are `None` for a query
+    that names nothing in the image (its target is the whole image, like the null query's)."""
 
     def __init__(self, images: UInt8ImageDataset, groundings: list[list[tuple[str, torch.Tensor]]]):
         if len(images) != len(groundings):
@@ -29,8 +30,11 @@ class GroundingTrainingSet:
         scenes = SyntheticScenes(num_scenes, image_size=image_size, seed=seed, split=split)
         images = UInt8ImageDataset(materialize_scenes(scenes))
         per_image: list[list] = [[] for _ in range(num_scenes)]
-        for sample in synthetic_grounding(scenes):
-            per_image[sample.meta["scene"]].append((sample.text, boxes_to_pixels(sample.boxes, image_size)))
+        # Questions about absent objects are kept: Q-DOVE then learns to fall back to the whole image when the
+        # query finds nothing, instead of meeting such queries only at inference (a VQA "is there a ...?").
+        for sample in synthetic_grounding(scenes, unboxed=True):
+            boxes = boxes_to_pixels(sample.boxes, image_size) if sample.boxes else None
+            per_image[sample.meta["scene"]].append((sample.text, boxes))
         return cls(images, per_image)
 
     @classmethod
@@ -57,7 +61,8 @@ class GroundingTrainingSet:
 
     def sample_queries(self, indices: list[int], null_prob: float, seed: int, step: int):
         """One query per image (None with probability `null_prob` or when it has no grounding), seeded by
-        (seed, step) so a resumed run draws the same queries."""
+        (seed, step) so a resumed run draws the same queries. A query without boxes comes with `None` boxes: the
+        whole image is its target."""
         rng = np.random.default_rng([seed, step, 17])
         queries, boxes = [], []
         for index in indices:

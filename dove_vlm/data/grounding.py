@@ -56,8 +56,11 @@ class _DropCounter:
                           f"{self.samples} samples left without boxes.", stacklevel=3)
 
 
-def synthetic_grounding(scenes: SyntheticScenes, kinds: tuple[str, ...] = ("phrase", "question")) -> list[GroundingSample]:
-    """Every phrase and every question with boxes of the embedded scenes (scenes are rendered here)."""
+def synthetic_grounding(scenes: SyntheticScenes, kinds: tuple[str, ...] = ("phrase", "question"),
+                        unboxed: bool = False) -> list[GroundingSample]:
+    """Every phrase and every question with boxes of the embedded scenes (scenes are rendered here). With
+    `unboxed`, also the questions about something the scene does not hold ("is there a purple cross?" when
+    there is none), with no boxes: their query names no region, so the whole image is the target."""
     samples = []
     size = scenes.image_size
     for index in range(len(scenes)):
@@ -69,7 +72,7 @@ def synthetic_grounding(scenes: SyntheticScenes, kinds: tuple[str, ...] = ("phra
             entries += [("question", q["question"], q["boxes"], q["answer"]) for q in scene.vqa]
         for kind, text, boxes, answer in entries:
             cleaned = [b for b in (clean_box(b, size, size) for b in boxes) if b is not None]
-            if cleaned:
+            if cleaned or (unboxed and kind == "question" and not boxes):
                 samples.append(GroundingSample(scene.image, text, cleaned, kind, answer, {"scene": index}))
     return samples
 

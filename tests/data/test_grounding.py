@@ -25,6 +25,10 @@ def test_synthetic_grounding_has_phrases_and_questions_with_boxes():
     for sample in samples:
         assert sample.boxes and all(0 <= v <= 1 for box in sample.boxes for v in box)
         assert sample.kind != "question" or sample.answer
+    with_absent = synthetic_grounding(SyntheticScenes(20, seed=0), unboxed=True)
+    absent = [s for s in with_absent if not s.boxes]
+    assert absent and all(s.kind == "question" and s.answer in ("no", "0") for s in absent)
+    assert len(with_absent) == len(samples) + len(absent)
 
 
 @pytest.fixture

@@ -48,9 +48,13 @@ def test_grounding_set_samples_deterministically_with_null_queries():
     nulls = sum(q is None for q in queries)
     assert 5 < nulls < 35
     for q, b in zip(queries, boxes):
-        assert (q is None) == (b is None)
+        assert q is not None or b is None
         if b is not None:
             assert b.shape[1] == 4 and (b[:, 2] > b[:, 0]).all()
+    # A question about an absent object (or the count of an empty scene) is a query without boxes: its target is
+    # the whole image.
+    unboxed = {text for options in data.groundings for text, b in options if b is None}
+    assert unboxed and all(t.startswith("is there a ") or t == "how many objects are there?" for t in unboxed)
     always = data.sample_queries(indices, null_prob=0.0, seed=0, step=3)[0]
     empty_scenes = sum(not g for g in data.groundings)
     assert sum(q is None for q in always) == empty_scenes
