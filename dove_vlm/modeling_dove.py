@@ -734,11 +734,12 @@ class DoveModel(DovePreTrainedModel):
         return out[..., :-1], torch.sigmoid(out[..., -1].float())
 
     def _splits_by_query_length(self, images, queries) -> bool:
-        """True when a batch of per-image queries (with `images`: pixel values or latents) runs in groups of equal query length: results must not depend on
-        the batch (eval mode on CPU with `config.batch_invariant`). A shorter query padded to the longest is
-        attended through a mask, whose kernels sum differently in the last bits; each group of equal lengths is
-        padding free, so an image gets the same bits alone or in any batch. Without `batch_invariant` the batch
-        runs in one padded, masked call (faster; last-bit differences across batches)."""
+        """True when a batch of per-image queries (`images`: pixel values or latents) runs in groups of equal query
+        length: results must not depend on the batch (eval mode on CPU with `config.batch_invariant`). A shorter
+        query padded to the longest is attended through a mask, whose kernels sum differently in the last bits;
+        each group of equal lengths is padding free, so an image gets the same bits alone or in any batch. Without
+        `batch_invariant` the batch runs in one padded, masked call (faster; last-bit differences across
+        batches)."""
         return not (self.training or not getattr(self.config, "batch_invariant", True)
                     or not isinstance(queries, (list, tuple)) or not isinstance(images, torch.Tensor)
                     or images.ndim != 4 or images.device.type != "cpu" or len(queries) != images.shape[0])
