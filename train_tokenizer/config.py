@@ -53,6 +53,9 @@ class TrainingArguments:
             One object's in-box quality levels off long before a whole image's, and a query whose in-box target is
             out of reach would otherwise run to max_tokens for almost nothing (tiny preset, forced lengths: +0.24
             dB in the box from 12 to 32 tokens), while one token loses the object; see the README.
+        query_full_prob: with `query`, the share of queried samples decoded from all `max_tokens` slots with the
+            whole image as the target (beyond the paper, whose query codes only learn the box: it orders a query
+            code box first, then the rest of the image, so a longer query code holds what a null code does).
         init_from: a DOVE checkpoint to start from (for `--query`, the query embedding is added to it).
         query_tokenizer: a transformers tokenizer folder for the queries (default: a word-level tokenizer of
             the embedded scenes' phrases and questions).
@@ -102,6 +105,7 @@ class TrainingArguments:
     query_min_tokens: int = 2
     query_max_tokens: int | None = None
     outside_weight: float = 1e-10
+    query_full_prob: float = 0.0
     eval_scenes: int | None = None
     log_every: int = 10
     model_overrides: dict[str, Any] = field(default_factory=dict)
@@ -121,6 +125,8 @@ class TrainingArguments:
         if self.query_min_tokens < 1 or (self.query_max_tokens is not None and self.query_max_tokens < self.query_min_tokens):
             raise ValueError(f"need 1 <= query_min_tokens ({self.query_min_tokens}) <= query_max_tokens "
                              f"({self.query_max_tokens}).")
+        if not 0.0 <= self.query_full_prob <= 1.0:
+            raise ValueError(f"query_full_prob must be in [0, 1], got {self.query_full_prob}.")
         if not 0.0 <= self.truncation_prob <= 1.0:
             raise ValueError(f"truncation_prob must be in [0, 1], got {self.truncation_prob}.")
         for name in ("max_steps", "batch_size", "checkpoint_every", "gradient_accumulation_steps"):

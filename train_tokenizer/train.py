@@ -85,6 +85,15 @@ def sample_truncation(batch: int, max_tokens: int, prob: float, seed: int, step:
     return torch.where(torch.rand(batch, generator=gen) < prob, forced, torch.zeros_like(forced))
 
 
+def sample_full_length(queried: torch.Tensor, prob: float, seed: int, step: int) -> torch.Tensor:
+    """`(B,)` bool: the queried samples decoded from every slot toward the whole image (`query_full_prob`),
+    seeded by (seed, step) so a resumed run draws the same rows."""
+    if prob <= 0:
+        return torch.zeros_like(queried)
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + step + 7_919)
+    return queried & (torch.rand(queried.shape[0], generator=gen) < prob).to(queried.device)
+
+
 def load_query_tokenizer(args: TrainingArguments):
     if args.query_tokenizer:
         from transformers import AutoTokenizer
@@ -232,6 +241,13 @@ def train(args: TrainingArguments, step_callback: Callable[[int], None] | None =
             queries, boxes = (grounding.sample_queries(indices, args.query_null_prob, args.seed, micro_step)
                               if grounding else (None, [None] * len(indices)))
             queried = torch.tensor([b is not None for b in boxes], device=images.device)
+            # Some queried samples use every slot with the whole image as the target: the query code then holds
+            # the box first and the rest of the image after it (their in-box rows and EOS are skipped).
+            full = sample_full_length(queried, args.query_full_prob, args.seed, micro_step)
+            forced = torch.where(full, torch.full_like(forced, n), forced)
+            whole = ~queried | full
+            in_box_rows = queried & ~full
+            loss_boxes = [None if f else b for f, b in zip(full.tolist(), boxes)]
             with accelerator.accumulate(model), accelerator.autocast():
                 latents = None if dataset_latents is None else dataset_latents[indices].to(images.device)
                 out = model(images, queries=queries, num_tokens=forced, latents=latents)
@@ -242,12 +258,12 @@ def train(args: TrainingArguments, step_callback: Callable[[int], None] | None =
                 plain = ~queried
                 per_sample = recon.new_zeros(len(indices))
                 rec = None
-                if plain.any():
-                    rec = rec_loss(recon[plain], images[plain])
-                    per_sample = per_sample.masked_scatter(plain, rec.per_sample)
-                if queried.any():
-                    in_box = query_loss(rec_loss, recon, images, boxes, args.outside_weight, crop_size)
-                    per_sample = torch.where(queried, in_box, per_sample)
+                if whole.any():
+                    rec = rec_loss(recon[whole], images[whole])
+                    per_sample = per_sample.masked_scatter(whole, rec.per_sample)
+                if in_box_rows.any():
+                    in_box = query_loss(rec_loss, recon, images, loss_boxes, args.outside_weight, crop_size)
+                    per_sample = torch.where(in_box_rows, in_box, per_sample)
                 # The EOS loss and the thresholds only see samples decoded at their own (adaptive) length;
                 # queried samples are compared with the running mean of in-box losses.
                 adaptive = forced == 0
@@ -290,7 +306,7 @@ def train(args: TrainingArguments, step_callback: Callable[[int], None] | None =
                         out.p_eos[plain].float().clamp(1e-6, 1 - 1e-6), target_p, reduction="none").sum(1).mean()
                     loss = loss + args.null_distill_weight * distill
                 if args.latent_weight:
-                    mask = box_mask(boxes, config.image_size, config.latent_size) if queried.any() else None
+                    mask = box_mask(loss_boxes, config.image_size, config.latent_size) if in_box_rows.any() else None
                     loss = loss + args.latent_weight * raw_model.latent_loss(out.predicted_latents, out.latents, mask)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:

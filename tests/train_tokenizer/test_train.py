@@ -115,6 +115,30 @@ def test_query_training_from_a_dove_checkpoint_and_resume(tmp_path):
     assert [h["step"] for h in resumed["history"]] == list(range(6))
 
 
+def test_full_length_query_rows_are_queried_rows_drawn_per_step():
+    queried = torch.tensor([True, False] * 200)
+    full = train_module.sample_full_length(queried, 0.5, seed=0, step=3)
+    assert not full[~queried].any() and 60 < int(full.sum()) < 140  # only queried rows, about half of them
+    assert torch.equal(full, train_module.sample_full_length(queried, 0.5, seed=0, step=3))  # resumable
+    assert not torch.equal(full, train_module.sample_full_length(queried, 0.5, seed=0, step=4))
+    assert not train_module.sample_full_length(queried, 0.0, seed=0, step=3).any()
+
+
+def test_query_full_prob_trains_queried_codes_on_the_whole_image(tmp_path):
+    """The option changes what the queried codes learn (same data, same seed), and is checked."""
+    train_module.train(micro_args(tmp_path / "dove", max_steps=2))
+    heads = []
+    for prob in (0.0, 1.0):
+        args = micro_args(tmp_path / f"q{prob}", query=True, init_from=str(tmp_path / "dove"), eval_scenes=0,
+                          max_steps=2, freeze_decoder=True, query_full_prob=prob)
+        metrics = train_module.train(args)
+        assert all(math.isfinite(h["loss"]) for h in metrics["history"])
+        heads.append(DoveModel.from_pretrained(tmp_path / f"q{prob}").query_embed.weight)
+    assert not torch.equal(*heads)
+    with pytest.raises(ValueError, match="query_full_prob"):
+        micro_args(tmp_path, query=True, query_full_prob=1.5)
+
+
 def test_bad_query_length_limits_in_training_arguments(tmp_path):
     with pytest.raises(ValueError, match="query_min_tokens"):
         micro_args(tmp_path, query=True, query_min_tokens=0)
