@@ -32,7 +32,8 @@ class TowerMode(str, Enum):
 
 TOWER_FEATURES = ("tokens", "hidden")
 # The config fields a `from_pretrained(path, **overrides)` call may change.
-TOWER_OVERRIDES = ("mode", "num_tokens", "feature", "eos_threshold", "min_tokens", "max_tokens", "early_exit", "chunk_size")
+TOWER_OVERRIDES = ("mode", "num_tokens", "feature", "eos_threshold", "min_tokens", "max_tokens", "query_min_tokens",
+                   "query_max_tokens", "early_exit", "chunk_size")
 
 
 class DoveVisionTowerConfig(PretrainedConfig):
@@ -48,6 +49,9 @@ class DoveVisionTowerConfig(PretrainedConfig):
             generator hidden states at the kept slots, width `dove_config.hidden_size`). Grid mode always gives one
             C-dim latent per latent position.
         eos_threshold / min_tokens / max_tokens (*optional*): the length knob; `None` keeps the DOVE config's value.
+        query_min_tokens / query_max_tokens (*optional*): the length limits of an image with a (non-null) query in
+            `"query"` mode; `None` keeps the Q-DOVE config's (`DoveConfig.query_min_tokens` / `query_max_tokens`).
+            A VLM may want longer query codes than the tokenizer's own evaluation (e.g. 12–19 of 32 tokens).
         early_exit (`bool`, defaults to `True`): run the generator in chunks and stop once every image has ended
             (same output as the full pass, less compute).
         chunk_size (`int`, *optional*): timestep slots per chunk with `early_exit`; `None` keeps
@@ -66,6 +70,8 @@ class DoveVisionTowerConfig(PretrainedConfig):
         eos_threshold: float | None = None,
         min_tokens: int | None = None,
         max_tokens: int | None = None,
+        query_min_tokens: int | None = None,
+        query_max_tokens: int | None = None,
         early_exit: bool = True,
         chunk_size: int | None = None,
         **kwargs,
@@ -83,6 +89,8 @@ class DoveVisionTowerConfig(PretrainedConfig):
         self.eos_threshold = eos_threshold
         self.min_tokens = min_tokens
         self.max_tokens = max_tokens
+        self.query_min_tokens = query_min_tokens
+        self.query_max_tokens = query_max_tokens
         self.early_exit = early_exit
         self.chunk_size = chunk_size
         super().__init__(**kwargs)
@@ -114,6 +122,14 @@ class DoveVisionTowerConfig(PretrainedConfig):
         longest = n if self.max_tokens is None else self.max_tokens
         if not 1 <= int(shortest) <= int(longest):
             raise ValueError(f"need 1 <= min_tokens ({shortest}) <= max_tokens ({longest}).")
+        for name in ("query_min_tokens", "query_max_tokens"):
+            value = getattr(self, name)
+            if value is not None and not 1 <= int(value) <= n:
+                raise ValueError(f"{name} must be in [1, {n}] (the DOVE model's max_tokens), got {value}.")
+        low = self.dove_config.query_min_tokens if self.query_min_tokens is None else self.query_min_tokens
+        high = self.dove_config.query_max_tokens if self.query_max_tokens is None else self.query_max_tokens
+        if low is not None and high is not None and int(low) > int(high):
+            raise ValueError(f"need query_min_tokens ({low}) <= query_max_tokens ({high}).")
         if self.eos_threshold is not None and not 0.0 < self.eos_threshold < 1.0:
             raise ValueError(f"eos_threshold must be in (0, 1), got {self.eos_threshold}.")
         if self.chunk_size is not None and int(self.chunk_size) < 1:
@@ -265,6 +281,8 @@ class DoveVisionTower(PreTrainedModel):
                 max_tokens=config.max_tokens,
                 eos_threshold=config.eos_threshold,
                 min_tokens=config.min_tokens,
+                query_min_tokens=config.query_min_tokens,
+                query_max_tokens=config.query_max_tokens,
                 num_tokens=config.num_tokens if config.mode == TowerMode.FIXED else None,
                 early_exit=bool(config.early_exit),
                 **chunking,
@@ -301,8 +319,9 @@ class DoveVisionTower(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """Load a tower folder (`save_pretrained`) or a plain DOVE checkpoint (model_type "dove", e.g. written by
-        `dove train`). Tower config fields (`mode`, `num_tokens`, `feature`, `eos_threshold`, `min_tokens`,
-        `max_tokens`, `early_exit`, `chunk_size`) may be given as keyword overrides; other keywords go to
+        `dove train`). Tower config fields (`TOWER_OVERRIDES`: `mode`, `num_tokens`, `feature`, `eos_threshold`,
+        `min_tokens`, `max_tokens`, `query_min_tokens`, `query_max_tokens`, `early_exit`, `chunk_size`) may be given as
+        keyword overrides; other keywords go to
         `PreTrainedModel.from_pretrained`."""
         source = str(pretrained_model_name_or_path)
         overrides = {k: kwargs.pop(k) for k in TOWER_OVERRIDES if k in kwargs}

@@ -97,6 +97,7 @@ def set_tower_mode(model, processor, mode: str | None, num_tokens: int | None = 
     new_cfg = DoveVisionTowerConfig(dove_config=tower.dove.config, mode=mode,
                                     num_tokens=num_tokens if mode == TowerMode.FIXED.value else None,
                                     feature=cfg.feature, eos_threshold=cfg.eos_threshold, min_tokens=cfg.min_tokens,
+                                    query_min_tokens=cfg.query_min_tokens, query_max_tokens=cfg.query_max_tokens,
                                     early_exit=cfg.early_exit, chunk_size=cfg.chunk_size)
     new = DoveVisionTower(new_cfg, dove=tower.dove).eval()
     if new.hidden_size != tower.hidden_size:

@@ -112,6 +112,28 @@ def test_query_mode_threads_the_question(qdove, images):
 
 
 @torch.no_grad()
+def test_query_length_limits_of_the_tower(qdove, images, tmp_path):
+    """The tower's own query limits bound every queried image (null-query images keep their DOVE length), equal
+    `encode`'s per-call limits, survive save/load, and bad limits are clear errors."""
+    queries = [QUESTIONS[i % 2] if i % 3 else None for i in range(len(images))]
+    tower = make_tower("query", dove=qdove, query_min_tokens=5, query_max_tokens=7)
+    out = tower(images, queries=queries)
+    ref = qdove.encode(images, queries=queries, query_min_tokens=5, query_max_tokens=7)
+    assert torch.equal(out.lengths, ref.lengths)
+    asked = torch.tensor([q is not None for q in queries])
+    assert ((out.lengths[asked] >= 5) & (out.lengths[asked] <= 7)).all()
+    assert torch.equal(out.lengths[~asked], make_tower("adaptive", dove=qdove)(images).lengths[~asked])
+    tower.save_pretrained(tmp_path / "tower")
+    loaded = DoveVisionTower.from_pretrained(tmp_path / "tower")
+    assert torch.equal(loaded(images, queries=queries).lengths, out.lengths)
+    assert (loaded.config.query_min_tokens, loaded.config.query_max_tokens) == (5, 7)
+    with pytest.raises(ValueError, match="query_min_tokens .* <= query_max_tokens"):
+        make_tower("query", dove=qdove, query_min_tokens=8, query_max_tokens=7)
+    with pytest.raises(ValueError, match="query_max_tokens must be in"):
+        make_tower("query", dove=qdove, query_max_tokens=qdove.config.max_tokens + 1)
+
+
+@torch.no_grad()
 @pytest.mark.parametrize("mode,kwargs", [("adaptive", {}), ("query", {}), ("fixed", {"num_tokens": 6}),
                                          ("adaptive", {"feature": "hidden"})])
 def test_early_exit_equals_the_full_pass(qdove, images, mode, kwargs):

@@ -75,7 +75,14 @@ class LlavaTrainingArguments:
             hidden states).
         min_tokens: the adaptive / query tower's floor on an image's length (the length knob; `None` keeps the
             DOVE checkpoint's). Saved with the tower, so evaluation and `generate` use it too.
+        query_min_tokens / query_max_tokens: the query tower's length limits of an image asked about (`None` keeps
+            the Q-DOVE checkpoint's, which `dove train --query` sets for the tokenizer's own evaluation); saved
+            with the tower like `min_tokens`.
         base_model: lora stage: a folder written by the base stage, or a LLaVA checkpoint (e.g. llava-1.5-7b-hf).
+        init_adapter: lora stage: start from the adapter and projector of an earlier lora stage on the same base
+            model (its `adapter/`; `lora_*` settings then come from it) instead of a fresh LoRA. For Q-DOVE, the
+            DOVE LoRA: Q-DOVE's null query is DOVE's code, and query codes trained toward the whole image
+            (`dove train --query-full-prob`) continue it, so that adapter already reads them.
         seed: data order, initialisation and the embedded scenes' seed.
         num_train_scenes / questions_per_scene: the embedded VQA training set (`train` split).
         captions: add a dense caption turn per training scene ("describe the image." → every object's colour,
@@ -105,7 +112,10 @@ class LlavaTrainingArguments:
     num_tokens: int | None = None
     feature: str = "tokens"
     min_tokens: int | None = None
+    query_min_tokens: int | None = None
+    query_max_tokens: int | None = None
     base_model: str | None = None
+    init_adapter: str | None = None
     seed: int = 0
     num_train_scenes: int = 2000
     questions_per_scene: int | None = None
@@ -150,6 +160,8 @@ class LlavaTrainingArguments:
         if self.stage == "lora" and self.base_model is None:
             raise ValueError("--stage lora needs --base-model: a folder written by `dove llava-train --stage base` "
                              "or a LLaVA checkpoint.")
+        if self.init_adapter is not None and self.stage != "lora":
+            raise ValueError("--init-adapter starts a lora stage from an earlier one; use it with --stage lora.")
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}.")
         if self.turns_per_image > 1 and self.mode == TowerMode.QUERY.value:
@@ -311,10 +323,19 @@ class TowerFeatureCache:
 
 
 def load_tower(path: str, mode: str, num_tokens: int | None = None, feature: str = "tokens",
-               min_tokens: int | None = None) -> DoveVisionTower:
-    """A frozen `DoveVisionTower` from a DOVE checkpoint or tower folder, in `mode`."""
-    overrides = {} if min_tokens is None else {"min_tokens": min_tokens}
+               min_tokens: int | None = None, query_min_tokens: int | None = None,
+               query_max_tokens: int | None = None) -> DoveVisionTower:
+    """A frozen `DoveVisionTower` from a DOVE checkpoint or tower folder, in `mode` (length limits given as not
+    `None` override the checkpoint's)."""
+    limits = {"min_tokens": min_tokens, "query_min_tokens": query_min_tokens, "query_max_tokens": query_max_tokens}
+    overrides = {k: v for k, v in limits.items() if v is not None}
     return DoveVisionTower.from_pretrained(path, mode=mode, num_tokens=num_tokens, feature=feature, **overrides)
+
+
+def tower_of(args: LlavaTrainingArguments) -> DoveVisionTower:
+    """The tower a training stage swaps in, with its settings."""
+    return load_tower(args.tower, args.mode, args.num_tokens, args.feature, args.min_tokens, args.query_min_tokens,
+                      args.query_max_tokens)
 
 
 def load_base_llava(path: str) -> DoveLlavaForConditionalGeneration:
@@ -472,7 +493,7 @@ def build_model(args: LlavaTrainingArguments, resume_from: Path | None):
         else:
             from .tiny import build_text_tokenizer, build_tiny_llava
 
-            tower = load_tower(args.tower, args.mode, args.num_tokens, args.feature, args.min_tokens)
+            tower = tower_of(args)
             tokenizer = build_text_tokenizer(vqa_texts())
             torch.manual_seed(args.seed)
             model = build_tiny_llava(tower, tokenizer, hidden_size=args.hidden_size,
@@ -486,12 +507,14 @@ def build_model(args: LlavaTrainingArguments, resume_from: Path | None):
 
     base = load_base_llava(args.base_model)
     tokenizer = load_tokenizer(args.base_model)
-    tower = load_tower(args.tower, args.mode, args.num_tokens, args.feature, args.min_tokens)
+    tower = tower_of(args)
     torch.manual_seed(args.seed)
     base.set_vision_tower(tower)
     base.requires_grad_(False)
     if resume_from is not None:
         model = attach_adapter(base, resume_from / "model", is_trainable=True)
+    elif args.init_adapter is not None:
+        model = attach_adapter(base, Path(args.init_adapter) / ADAPTER_DIR, is_trainable=True)
     else:
         model = get_peft_model(base, lora_config(args))
     tower.freeze()

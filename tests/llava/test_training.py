@@ -14,6 +14,7 @@ from dove_vlm.llava.training import (
     LlavaTrainingArguments,
     PromptEncoder,
     TowerFeatureCache,
+    build_model,
     group_examples,
     load_base_llava,
     load_llava_lora,
@@ -100,6 +101,30 @@ def test_cached_features_equal_the_tower(qdove_dir):
     direct = tower(pixels, queries=[e[0]["question"] for e in examples]).features
     for got, want in zip(cache.features(list(range(len(examples)))), direct):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_init_adapter_starts_a_lora_stage_from_an_earlier_one(lora_dir, qdove_dir, base_dir, tmp_path):
+    """`--init-adapter`: a Q-DOVE stage starts from the DOVE stage's adapter and projector (not a fresh LoRA), and
+    the query tower's length limits are saved with the stage's tower."""
+    from peft import get_peft_model_state_dict
+
+    path, _ = lora_dir
+    args = LlavaTrainingArguments(output_dir=str(tmp_path / "q"), stage="lora", tower=qdove_dir, mode="query",
+                                  base_model=base_dir, init_adapter=path, query_min_tokens=2, query_max_tokens=3,
+                                  **dict(LORA, max_steps=1, eval_scenes=0))
+    model, tower, _ = build_model(args, None)
+    start = load_file(Path(path) / "adapter" / "adapter_model.safetensors")
+    now = get_peft_model_state_dict(model)
+    assert set(start) == set(now)
+    for key, weight in start.items():
+        torch.testing.assert_close(now[key], weight, rtol=0, atol=0)
+    fresh, _, _ = build_model(LlavaTrainingArguments(**{**args.to_dict(), "init_adapter": None}), None)
+    assert not all(torch.equal(get_peft_model_state_dict(fresh)[k], w) for k, w in start.items())
+    train_llava(args)
+    saved = load_tower(str(tmp_path / "q" / "tower"), "query")
+    assert (saved.config.query_min_tokens, saved.config.query_max_tokens) == (2, 3)
+    with pytest.raises(ValueError, match="--init-adapter"):
+        LlavaTrainingArguments(output_dir="x", stage="base", tower=qdove_dir, init_adapter=path)
 
 
 def test_caption_turns_give_q_dove_the_null_query(qdove_dir):
