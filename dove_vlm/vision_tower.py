@@ -51,7 +51,7 @@ class DoveVisionTowerConfig(PretrainedConfig):
         eos_threshold / min_tokens / max_tokens (*optional*): the length knob; `None` keeps the DOVE config's value.
         query_min_tokens / query_max_tokens (*optional*): the length limits of an image with a (non-null) query in
             `"query"` mode; `None` keeps the Q-DOVE config's (`DoveConfig.query_min_tokens` / `query_max_tokens`).
-            A VLM may want longer query codes than the tokenizer's own evaluation (e.g. 12–19 of 32 tokens).
+            A VLM may want longer query codes than the tokenizer's own evaluation (`dove demo`: 12–16 of 32).
         early_exit (`bool`, defaults to `True`): run the generator in chunks and stop once every image has ended
             (same output as the full pass, less compute).
         chunk_size (`int`, *optional*): timestep slots per chunk with `early_exit`; `None` keeps
@@ -320,9 +320,8 @@ class DoveVisionTower(PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """Load a tower folder (`save_pretrained`) or a plain DOVE checkpoint (model_type "dove", e.g. written by
         `dove train`). Tower config fields (`TOWER_OVERRIDES`: `mode`, `num_tokens`, `feature`, `eos_threshold`,
-        `min_tokens`, `max_tokens`, `query_min_tokens`, `query_max_tokens`, `early_exit`, `chunk_size`) may be given as
-        keyword overrides; other keywords go to
-        `PreTrainedModel.from_pretrained`."""
+        `min_tokens`, `max_tokens`, `query_min_tokens`, `query_max_tokens`, `early_exit`, `chunk_size`) may be given
+        as keyword overrides; other keywords go to `PreTrainedModel.from_pretrained`."""
         source = str(pretrained_model_name_or_path)
         overrides = {k: kwargs.pop(k) for k in TOWER_OVERRIDES if k in kwargs}
         config = kwargs.pop("config", None)
