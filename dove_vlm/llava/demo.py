@@ -30,13 +30,14 @@ LLAVA_DEMO_LORA: dict[str, Any] = dict(max_steps=1200, learning_rate=2e-3, warmu
                                        turns_per_image=8, feature="hidden", min_tokens=24)
 # Q-DOVE starts from the DOVE LoRA (`init_adapter`): its null query is DOVE's code, and its query codes, trained to
 # go on into the whole image (QDOVE_DEMO_SCHEDULE's `query_full_prob`), read like DOVE's codes. A fresh adapter on
-# Q-DOVE alone learns from one question per image and stays near 40% (README: why Q-DOVE stays near 40%). The
-# query limits 12–16 and the rate were picked on the validation split (runs/y_qf0.25 on one base LLaVA, 500
-# validation questions, grid 47.8%): query lengths 8–16 → 46.6%, 12–16 → 47.8%, 12–19 → 48.0%, 16–19 → 45.0% with
-# the DOVE adapter as it is; 400 steps at 5e-4 / 1e-4 → 47.2% / 45.8%. Single-turn examples (each image is
-# encoded for its question), so a larger batch and fewer scenes.
-LLAVA_DEMO_QDOVE: dict[str, Any] = dict(turns_per_image=1, batch_size=32, num_train_scenes=1000, max_steps=400,
-                                        learning_rate=5e-4, query_min_tokens=12, query_max_tokens=16)
+# Q-DOVE alone learns from one question per image and stays near 40% (README: what Q-DOVE needed in LLaVA). The
+# query limits and the steps were picked on the validation split (500 questions, grid 47.8%): with the DOVE adapter
+# as it is, query lengths 8–16 → 46.6%, 12–16 → 47.8%, 12–19 → 48.0%, 16–19 → 45.0% (runs/y_qf0.25); further
+# query-mode steps (one question per image) lose what the multi-turn DOVE stage taught: 400 steps at 5e-4 → 47.2%
+# (runs/y_qft25_lo) and 46.4% (runs/demo_v7), at 1e-4 → 45.8%. So the stage keeps the DOVE adapter (`max_steps=0`:
+# saved with the Q-DOVE tower and scored); `dove llava-train --mode query --max-steps N` trains it further.
+LLAVA_DEMO_QDOVE: dict[str, Any] = dict(turns_per_image=1, batch_size=32, num_train_scenes=1000, max_steps=0,
+                                        query_min_tokens=12, query_max_tokens=16)
 
 
 def run_llava_demo(tokenizer_dir: str, qdove_dir: str | None, output_dir: str, seed: int = 0,

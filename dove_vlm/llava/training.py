@@ -82,7 +82,8 @@ class LlavaTrainingArguments:
         init_adapter: lora stage: start from the adapter and projector of an earlier lora stage on the same base
             model (its `adapter/`; `lora_*` settings then come from it) instead of a fresh LoRA. For Q-DOVE, the
             DOVE LoRA: Q-DOVE's null query is DOVE's code, and query codes trained toward the whole image
-            (`dove train --query-full-prob`) continue it, so that adapter already reads them.
+            (`dove train --query-full-prob`) continue it, so that adapter already reads them. With it,
+            `max_steps=0` saves and scores the started adapter on this stage's tower as it is.
         seed: data order, initialisation and the embedded scenes' seed.
         num_train_scenes / questions_per_scene: the embedded VQA training set (`train` split).
         captions: add a dense caption turn per training scene ("describe the image." → every object's colour,
@@ -168,8 +169,11 @@ class LlavaTrainingArguments:
             raise ValueError("mode='query' encodes each image for one question; use --turns-per-image 1.")
         for name in ("max_steps", "batch_size", "turns_per_image", "checkpoint_every", "gradient_accumulation_steps", "eval_batch_size",
                      "num_train_scenes", "lora_r"):
+            if name == "max_steps" and self.init_adapter is not None and self.max_steps == 0:
+                continue  # the started adapter as it is, on this stage's tower (saved and scored)
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}"
+                                 + (" (0 only with --init-adapter)." if name == "max_steps" else "."))
 
     @property
     def target_modules(self) -> list[str]:
@@ -568,7 +572,7 @@ def train_llava(args: LlavaTrainingArguments) -> dict:
     examples = group_examples(records, args.turns_per_image, args.seed)
     encoder = PromptEncoder(processor)
     cache = None
-    if not args.recompute_features:
+    if not args.recompute_features and args.max_steps > start_step:
         t0 = time.time()
         cache = TowerFeatureCache(tower.to(accelerator.device), examples, desc=f"{args.mode} features")
         timings["feature_cache_seconds"] = time.time() - t0

@@ -125,6 +125,14 @@ def test_init_adapter_starts_a_lora_stage_from_an_earlier_one(lora_dir, qdove_di
     assert (saved.config.query_min_tokens, saved.config.query_max_tokens) == (2, 3)
     with pytest.raises(ValueError, match="--init-adapter"):
         LlavaTrainingArguments(output_dir="x", stage="base", tower=qdove_dir, init_adapter=path)
+    # max_steps=0: the started adapter as it is, saved with this stage's tower and scored
+    kept = train_llava(LlavaTrainingArguments(**{**args.to_dict(), "output_dir": str(tmp_path / "kept"),
+                                                 "max_steps": 0, "eval_scenes": 2}))
+    assert kept["steps"] == 0 and kept["eval"]["num_questions"] > 0
+    saved = load_file(tmp_path / "kept" / "adapter" / "adapter_model.safetensors")
+    assert set(saved) == set(start) and all(torch.equal(saved[k], w) for k, w in start.items())
+    with pytest.raises(ValueError, match="0 only with --init-adapter"):
+        LlavaTrainingArguments(**{**args.to_dict(), "init_adapter": None, "max_steps": 0})
 
 
 def test_caption_turns_give_q_dove_the_null_query(qdove_dir):
