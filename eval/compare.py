@@ -372,7 +372,7 @@ def comparison_table(comparison: dict) -> str:
                      if "side_by_side_tower_seconds_per_sample" in r else " — |")
             line += f" {lm_speed:.2f}× |" if lm_speed is not None else " — |"
         if has_ref:
-            line += (f" {r['reference_accuracy']:.1f} ({r['accuracy_minus_reference']:+.1f}) |"
+            line += (f" {r['reference_accuracy']:.1f} ({round(r['accuracy_minus_reference'], 1) + 0.0:+.1f}) |"
                      if "reference_accuracy" in r else " — |")
         lines.append(line)
     return "\n".join(lines)

@@ -32,4 +32,13 @@ def test_dove_demo_meets_the_targets(tmp_path):
     assert abs(q["null_over_plain_tokens"] - 1) <= 0.10
     llava = json.loads((tmp_path / "llava_results.json").read_text())
     assert len(llava["stages"]) == 3 and all(s["accuracy"] is not None for s in llava["stages"].values())
+    # The LLaVA targets on the 500 held-out questions: DOVE keeps >= 95% of the grid's accuracy with <= 50% of its
+    # tokens, Q-DOVE with the question >= 95% with <= 30%, both >= 25 points above the majority answer.
+    grid, dove, qdove = (llava["stages"][name] for name in llava["stages"])
+    assert grid["num_questions"] >= 500
+    majority = llava["majority_baseline"]["overall"]["accuracy"]
+    for row, tokens in ((dove, 0.5), (qdove, 0.3)):
+        assert row["accuracy"] >= 0.95 * grid["accuracy"]
+        assert row["tokens_per_image_mean"] <= tokens * grid["tokens_per_image_mean"]
+        assert row["accuracy"] - majority >= 0.25
     assert (tmp_path / "eval_compare" / "comparison.json").is_file()
