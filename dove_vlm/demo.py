@@ -156,7 +156,8 @@ def run_demo(output_dir: str | os.PathLike = "runs/demo", seed: int = 0, llava: 
         if not parallel:
             log(f"[dove demo] stage 3/{total}: LLaVA stages (grid base, DOVE LoRA, Q-DOVE LoRA) into {root}")
         else:
-            log(f"[dove demo] stage 3/{total}: Q-DOVE LoRA (from the DOVE LoRA) on the grid LLaVA into {root / 'llava_qdove'}")
+            log(f"[dove demo] stage 3/{total}: Q-DOVE LoRA (from the DOVE LoRA) on the grid LLaVA into "
+                f"{root / 'llava_qdove'}")
         table, _ = _llava_stages(str(root), seed)  # every stage (reused when already trained) and the table
         reports.append(table)
         log(f"[dove demo] stage 4/{total}: lmms-eval comparison of the tower modes into {root / 'eval_compare'}")

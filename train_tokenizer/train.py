@@ -252,9 +252,9 @@ def train(args: TrainingArguments, step_callback: Callable[[int], None] | None =
                 latents = None if dataset_latents is None else dataset_latents[indices].to(images.device)
                 out = model(images, queries=queries, num_tokens=forced, latents=latents)
                 recon = out.reconstruction.float()
-                # Full-image L_rec for the plain rows only (the null query, or a query that names nothing in the
-                # image), L_qry for the queried ones (with boxes): each row's loss is computed once (LPIPS is the
-                # costly part).
+                # Full-image L_rec for the plain rows (the null query, or a query that names nothing in the image)
+                # and the queried rows decoded at full length, L_qry for the other queried ones: each row's loss is
+                # computed once (LPIPS is the costly part).
                 plain = ~queried
                 per_sample = recon.new_zeros(len(indices))
                 rec = None

@@ -34,7 +34,7 @@ LLAVA_DEMO_LORA: dict[str, Any] = dict(max_steps=1200, learning_rate=2e-3, warmu
 # query limits and the steps were picked on the validation split (500 questions, grid 47.8%): with the DOVE adapter
 # as it is, query lengths 8–16 → 46.6%, 12–16 → 47.8%, 12–19 → 48.0%, 16–19 → 45.0% (runs/y_qf0.25); further
 # query-mode steps (one question per image) lose what the multi-turn DOVE stage taught: 400 steps at 5e-4 → 47.2%
-# (runs/y_qft25_lo) and 46.4% (runs/demo_v7), at 1e-4 → 45.8%. So the stage keeps the DOVE adapter (`max_steps=0`:
+# (runs/y_qft25_lo) and 46.4% (runs/demo_v7a), at 1e-4 → 45.8%. So the stage keeps the DOVE adapter (`max_steps=0`:
 # saved with the Q-DOVE tower and scored); `dove llava-train --mode query --max-steps N` trains it further.
 LLAVA_DEMO_QDOVE: dict[str, Any] = dict(turns_per_image=1, batch_size=32, num_train_scenes=1000, max_steps=0,
                                         query_min_tokens=12, query_max_tokens=16)
