@@ -23,7 +23,7 @@ import torch  # noqa: E402
 
 from dove_vlm.data.synthetic import COLORS, SyntheticScenes  # noqa: E402
 from dove_vlm.modeling_dove import DoveModel  # noqa: E402
-from train_tokenizer.evaluate import scenes_to_pixels  # noqa: E402
+from train_tokenizer.evaluate import psnr, scenes_to_pixels  # noqa: E402
 
 NAMES = list(COLORS)
 PALETTE = torch.tensor(list(COLORS.values()), dtype=torch.float32) / 127.5 - 1  # in the model's [-1, 1]
@@ -48,10 +48,6 @@ def colour_matched(reconstruction: torch.Tensor, obj, mask: torch.Tensor) -> boo
 def decode(model: DoveModel, latents: torch.Tensor, **kwargs) -> tuple[torch.Tensor, float]:
     out = model.encode(latents=latents, **kwargs)
     return model.decode(out.tokens, out.attention_mask).pixel_values, float(out.lengths.float().mean())
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((10 * torch.log10(4 / ((a - b) ** 2).flatten(1).mean(1))).mean())
 
 
 @torch.no_grad()
@@ -81,8 +77,9 @@ def content_rows(model: DoveModel, num_scenes: int, seed: int) -> dict:
         index = torch.tensor([i for i, _ in absent])
         asked, asked_len = decode(model, latents[index], queries=[q for _, q in absent])
         null, null_len = decode(model, latents[index])
-        result["absent"] = {"questions": len(absent), "query": (asked_len, psnr(asked, pixels[index])),
-                            "null": (null_len, psnr(null, pixels[index]))}
+        result["absent"] = {"questions": len(absent),
+                            "query": (asked_len, float(psnr(asked, pixels[index]).mean())),
+                            "null": (null_len, float(psnr(null, pixels[index]).mean()))}
     return result
 
 

@@ -80,7 +80,7 @@ def checkpoint_bytes(model: torch.nn.Module, keep_checkpoints: int) -> int:
 def sample_truncation(batch: int, max_tokens: int, prob: float, seed: int, step: int) -> torch.Tensor:
     """Per-sample forced lengths: a random k in [1, n] with probability `prob`, else 0 (= adaptive length).
     Seeded by (seed, step) so a resumed run draws the same lengths."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    gen = step_generator(seed, step)
     forced = torch.randint(1, max_tokens + 1, (batch,), generator=gen)
     return torch.where(torch.rand(batch, generator=gen) < prob, forced, torch.zeros_like(forced))
 
@@ -90,8 +90,14 @@ def sample_full_length(queried: torch.Tensor, prob: float, seed: int, step: int)
     seeded by (seed, step) so a resumed run draws the same rows."""
     if prob <= 0:
         return torch.zeros_like(queried)
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + step + 7_919)
+    gen = step_generator(seed, step, stream=7_919)
     return queried & (torch.rand(queried.shape[0], generator=gen) < prob).to(queried.device)
+
+
+def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    """The CPU generator of one training step's random draws (`stream` keeps independent draws apart): a pure
+    function of (seed, step), so a resumed run draws what the uninterrupted one did."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step + stream)
 
 
 def load_query_tokenizer(args: TrainingArguments):
