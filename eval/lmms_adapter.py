@@ -27,7 +27,7 @@ from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
 from lmms_eval.models.model_utils.gen_metrics import log_metrics
 
-from dove_vlm.vision_tower import DoveVisionTower, DoveVisionTowerConfig, TowerMode
+from dove_vlm.vision_tower import TOWER_OVERRIDES, DoveVisionTower, DoveVisionTowerConfig, TowerMode
 
 EVAL_MODES = ("grid", "fixed", "adaptive", "query", "query-null")
 
@@ -94,11 +94,10 @@ def set_tower_mode(model, processor, mode: str | None, num_tokens: int | None = 
     cfg = tower.config
     if cfg.mode == mode and (mode != TowerMode.FIXED.value or cfg.num_tokens == num_tokens):
         return tower
-    new_cfg = DoveVisionTowerConfig(dove_config=tower.dove.config, mode=mode,
-                                    num_tokens=num_tokens if mode == TowerMode.FIXED.value else None,
-                                    feature=cfg.feature, eos_threshold=cfg.eos_threshold, min_tokens=cfg.min_tokens,
-                                    query_min_tokens=cfg.query_min_tokens, query_max_tokens=cfg.query_max_tokens,
-                                    early_exit=cfg.early_exit, chunk_size=cfg.chunk_size)
+    # Every tower setting carries over (the list the tower's own `from_pretrained` overrides), then the new mode.
+    settings = {key: getattr(cfg, key) for key in TOWER_OVERRIDES}
+    settings.update(mode=mode, num_tokens=num_tokens if mode == TowerMode.FIXED.value else None)
+    new_cfg = DoveVisionTowerConfig(dove_config=tower.dove.config, **settings)
     new = DoveVisionTower(new_cfg, dove=tower.dove).eval()
     if new.hidden_size != tower.hidden_size:
         raise ValueError(f"tower_mode={mode!r} gives {new.hidden_size}-wide features but this model's projector was "
