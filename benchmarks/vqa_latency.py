@@ -6,8 +6,8 @@ processor, length-bucketed greedy generation), interleaved window by window with
 absolute milliseconds do not (the machine load is printed with them).
 
     OMP_NUM_THREADS=1 python benchmarks/vqa_latency.py --batch-sizes 8,32,64 \\
-        --grid-model runs/llava_exp/base_B --dove-model runs/llava_exp/lora_dove_hidden \\
-        --qdove-model runs/llava_exp/lora_qdove1500 --output runs/eval_latency/latency.json
+        --grid-model runs/demo/llava_base --dove-model runs/demo/llava_dove \\
+        --qdove-model runs/demo/llava_qdove --output runs/eval_latency/latency.json
 
 `--lm-sizes 512x4,1024x8` repeats the comparison with wider/deeper language models (random weights, built with
 `build_tiny_llava` on each row's own trained tower, so tokens per image are the real ones; no end-of-sequence
@@ -28,21 +28,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from dove_vlm.cli import _key_value  # noqa: E402
-from eval.compare import COMPARE_MODEL_ARGS, mode_matrix, side_by_side_latency  # noqa: E402
+from dove_vlm.commands.cli import _key_value  # noqa: E402
+from dove_vlm.presets import COMPARE_MODEL_ARGS  # noqa: E402
+from eval.compare import mode_matrix, side_by_side_latency  # noqa: E402
 
 
 def scaled_model(spec, width: int, layers: int, root: Path) -> str:
     """A copy of `spec`'s model with a random `width`×`layers` Llama (the row's trained tower kept), saved under
     `root`; returns its folder."""
     from dove_vlm.llava.tiny import build_tiny_llava
-    from eval.lmms_adapter import load_for_inference, parse_tower_mode
+    from eval.lmms_adapter import load_for_inference
 
     out = root / f"{Path(spec.pretrained).name}_{spec.mode}_{width}x{layers}"
     if (out / "config.json").is_file():
         return str(out)
-    mode, k, _ = parse_tower_mode(spec.mode)
-    _, processor, tower = load_for_inference(spec.pretrained, mode, k)
+    _, processor, tower = load_for_inference(spec.pretrained, spec.mode)
     torch.manual_seed(0)
     heads = max(1, width // 64)
     model = build_tiny_llava(tower, processor.tokenizer, hidden_size=width, intermediate_size=width * 8 // 3,
@@ -55,10 +55,10 @@ def scaled_model(spec, width: int, layers: int, root: Path) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", default="runs/eval_data/tasks/dove_vqa_test.yaml")
-    parser.add_argument("--grid-model", default="runs/llava_exp/base_B")
-    parser.add_argument("--dove-model", default="runs/llava_exp/lora_dove_hidden")
-    parser.add_argument("--qdove-model", default="runs/llava_exp/lora_qdove1500")
+    parser.add_argument("--task", default="runs/demo/eval_data/tasks/dove_vqa_test.yaml")
+    parser.add_argument("--grid-model", default="runs/demo/llava_base")
+    parser.add_argument("--dove-model", default="runs/demo/llava_dove")
+    parser.add_argument("--qdove-model", default="runs/demo/llava_qdove")
     parser.add_argument("--modes", default="grid,adaptive,query", help="rows to time (grid is the reference)")
     parser.add_argument("--batch-sizes", default="64")
     parser.add_argument("--limit", type=int, default=None)

@@ -6,6 +6,7 @@ from .configuration_dove import DoveConfig
 from .image_processing_dove import DoveImageProcessor
 from .modeling_dove import DoveDecoderOutput, DoveEncoderOutput, DoveModel, DoveModelOutput
 from .presets import PRESETS, preset_config, preset_training
+from .tower_settings import TowerMode, TowerSettings, TowerSettingsError
 from .vision_tower import DoveVisionTower, DoveVisionTowerConfig, DoveVisionTowerOutput
 
 __version__ = "0.1.0"
@@ -30,6 +31,9 @@ __all__ = [
     "DoveVisionTower",
     "DoveVisionTowerConfig",
     "DoveVisionTowerOutput",
+    "TowerMode",
+    "TowerSettings",
+    "TowerSettingsError",
     "PRESETS",
     "preset_config",
     "preset_training",

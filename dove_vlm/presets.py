@@ -1,4 +1,5 @@
-"""Named presets: model configuration plus the training recipe that goes with it. The one place for presets."""
+"""Every recipe in one place: the model presets (configuration plus the training recipe that goes with it), the
+schedules of `dove demo`'s stages and the defaults of `dove eval compare`."""
 
 from __future__ import annotations
 
@@ -121,3 +122,45 @@ def preset_config(name: str, **overrides) -> DoveConfig:
 def preset_training(name: str) -> dict[str, Any]:
     """The training recipe (steps, batch size, loss weights, schedules) of a named preset."""
     return copy.deepcopy(_preset(name)["train"])
+
+
+# --- `dove demo` -------------------------------------------------------------------------------------------------
+
+# Q-DOVE fine-tunes the trained DOVE (decoder kept, null query distilled from DOVE), with the EOS weight quickly at
+# full strength. A queried sample stops at the first length whose in-box loss is within 1.2x of what the starting
+# DOVE reaches on that box (the teacher threshold; the running threshold swung between 28% and 46% of the null
+# query's tokens). A quarter of the queried samples use all slots toward the whole image, so that longer query codes
+# hold the rest of the scene and the DOVE LLaVA adapter reads them (docs/results.md).
+QDOVE_DEMO_SCHEDULE: dict[str, Any] = dict(max_steps=2500, warmup_steps=50, eos_weight_start=0.1, eos_warmup_steps=0,
+                                           eos_ramp_steps=300, learning_rate=5e-4, freeze_decoder=True,
+                                           query_threshold="teacher", query_threshold_scale=1.2, query_full_prob=0.25)
+
+# The LLaVA stages, sized for a 2-core CPU, where the base and DOVE LoRA stages run beside the Q-DOVE tokenizer (one
+# thread each) and should not outlast it. Dense caption turns (LLaVA's alignment data) lift the grid baseline from
+# 42.4% to 47.0%, mostly on colour questions; multi-turn examples give ~8 answers per pass over the image tokens.
+LLAVA_DEMO_SHARED: dict[str, Any] = dict(num_train_scenes=6000, captions=True, eval_scenes=250,
+                                         eval_questions_per_scene=2, batch_size=16, checkpoint_every=200,
+                                         eval_batch_size=100)
+LLAVA_DEMO_BASE: dict[str, Any] = dict(max_steps=1500, learning_rate=1e-3, warmup_steps=50, turns_per_image=8,
+                                       hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256)
+# DOVE's shortest codes (one token for a plain scene) drop the object's colour: a floor on the length (the tower's
+# `min_tokens`; above it the length still follows the image) buys accuracy with tokens. On one base LLaVA (500
+# held-out questions, grid 47.0% at 64 tokens): floor 4 -> 40.2% at 17.7 tokens, 8 -> 40.6% at 19.3, 16 -> 43.0% at
+# 22.8, 24 -> 45.2% at 27.1. The new projector needs more steps than the LoRA alone (37.4% after 400, 42.0% after 1200).
+LLAVA_DEMO_LORA: dict[str, Any] = dict(max_steps=1200, learning_rate=2e-3, warmup_steps=25, lora_r=16, lora_alpha=32,
+                                       turns_per_image=8, feature="hidden", min_tokens=24)
+# Q-DOVE starts from the DOVE LoRA (`init_adapter`): its null query is DOVE's code, and its query codes, trained to
+# go on into the whole image, read like DOVE's. Query limits and steps picked on the validation split (500
+# questions, grid 47.8%): query lengths 8-16 -> 46.6%, 12-16 -> 47.8%, 16-19 -> 45.0%; 400 further query-mode steps
+# (one question per image) -> 47.2%. So the stage keeps the DOVE adapter (`max_steps=0`: saved with the Q-DOVE tower
+# and scored); `dove llava-train --mode query --max-steps N` trains it further.
+LLAVA_DEMO_QDOVE: dict[str, Any] = dict(turns_per_image=1, batch_size=32, num_train_scenes=1000, max_steps=0,
+                                        query_min_tokens=12, query_max_tokens=16)
+
+# --- `dove eval compare` ------------------------------------------------------------------------------------------
+
+# Adapter options of every comparison row: one batched VQGAN call per batch (faster on CPU; last-bit differences
+# across batch sizes only).
+COMPARE_MODEL_ARGS: dict[str, str] = {"batch_invariant": "false"}
+# The demo's comparison: DOVE truncated to 16 tokens and to 28 (adaptive DOVE's mean count).
+DEMO_COMPARE_FIXED_K: tuple[int, ...] = (16, 28)

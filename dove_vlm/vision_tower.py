@@ -2,15 +2,14 @@
 
 Each image gives its own number of feature vectors L_i (packed by the LLaVA side, so no padding reaches the LM).
 Modes ([`TowerMode`]): "adaptive" (DOVE's own length), "query" (Q-DOVE: the length also depends on a text query),
-"fixed" (DOVE truncated to `num_tokens`) and "grid" (all VQGAN latents: the fixed-length baseline).
+"query-null" (Q-DOVE given the null query), "fixed" (DOVE truncated to `num_tokens`) and "grid" (all VQGAN
+latents: the fixed-length baseline). The settings are one [`TowerSettings`] object.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
-from enum import Enum
 
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
@@ -18,22 +17,13 @@ from transformers.utils import ModelOutput
 
 from .configuration_dove import DoveConfig
 from .image_processing_dove import DoveImageProcessor
-from .modeling_dove import QUERY_TOKENIZER_DIR, DoveModel, check_checkpoint_dir
+from .checkpoints import local_model_type
+from .modeling_dove import QUERY_TOKENIZER_DIR, DoveModel
+from .tower_settings import TowerMode, TowerSettings
 
 
-class TowerMode(str, Enum):
-    """How the tower turns an image into features (the one place for these names)."""
-
-    ADAPTIVE = "adaptive"
-    QUERY = "query"
-    FIXED = "fixed"
-    GRID = "grid"
-
-
-TOWER_FEATURES = ("tokens", "hidden")
-# The config fields a `from_pretrained(path, **overrides)` call may change.
-TOWER_OVERRIDES = ("mode", "num_tokens", "feature", "eos_threshold", "min_tokens", "max_tokens", "query_min_tokens",
-                   "query_max_tokens", "early_exit", "chunk_size")
+# The config fields a `from_pretrained(path, **overrides)` call may change: every tower setting.
+TOWER_OVERRIDES = TowerSettings.names()
 
 
 class DoveVisionTowerConfig(PretrainedConfig):
@@ -100,11 +90,10 @@ class DoveVisionTowerConfig(PretrainedConfig):
         """Raise a clear `ValueError` for an unknown mode/feature, fixed mode without `num_tokens`, query mode on a
         plain DOVE model, or an out-of-range length knob. Called at construction and by the tower itself (so that
         `from_pretrained(..., mode=...)` overrides are checked too)."""
-        modes = [m.value for m in TowerMode]
-        if self.mode not in modes:
-            raise ValueError(f"unknown tower mode {self.mode!r}; choose one of: {', '.join(modes)}.")
-        if self.feature not in TOWER_FEATURES:
-            raise ValueError(f"unknown feature {self.feature!r}; choose one of: {', '.join(TOWER_FEATURES)}.")
+        settings = TowerSettings.of(self)  # names, types and ranges; the checks below need the DOVE config
+        if settings.mode is None:
+            raise ValueError("the tower needs a mode; choose one of: " + ", ".join(m.value for m in TowerMode) + ".")
+        self.mode = settings.mode.value
         n = self.dove_config.max_tokens
         if self.mode == TowerMode.FIXED:
             if self.num_tokens is None:
@@ -113,8 +102,8 @@ class DoveVisionTowerConfig(PretrainedConfig):
                 raise ValueError(f"num_tokens must be in [1, {n}] (the DOVE model's max_tokens), got {self.num_tokens}.")
         elif self.num_tokens is not None:
             raise ValueError(f"num_tokens={self.num_tokens} only applies to mode='fixed' (this tower is {self.mode!r}).")
-        if self.mode == TowerMode.QUERY and not self.dove_config.query_vocab_size:
-            raise ValueError("mode='query' needs a Q-DOVE model (trained with `dove train --query`); this DOVE model "
+        if self.mode in (TowerMode.QUERY, TowerMode.QUERY_NULL) and not self.dove_config.query_vocab_size:
+            raise ValueError(f"mode={self.mode!r} needs a Q-DOVE model (trained with `dove train --query`); this DOVE model "
                              "has no query embedding (query_vocab_size=0). Use mode='adaptive'.")
         if self.max_tokens is not None and not 1 <= int(self.max_tokens) <= n:
             raise ValueError(f"max_tokens must be in [1, {n}], got {self.max_tokens}.")
@@ -248,7 +237,9 @@ class DoveVisionTower(PreTrainedModel):
         batch = pixel_values.shape[0]
         if isinstance(queries, (list, tuple)) and len(queries) != batch:
             raise ValueError(f"got {len(queries)} queries for {batch} images; pass one query (or None) per image.")
-        if self.config.mode != TowerMode.QUERY and queries is not None:
+        if self.config.mode == TowerMode.QUERY_NULL:
+            queries = None  # the null query whatever is asked
+        elif self.config.mode != TowerMode.QUERY and queries is not None:
             entries = [queries] if isinstance(queries, str) else list(queries)
             if any(isinstance(q, str) and q.strip() for q in entries):
                 raise ValueError(f"this tower is in {self.config.mode!r} mode and ignores text queries; pass "
@@ -307,6 +298,20 @@ class DoveVisionTower(PreTrainedModel):
             return torch.full((pixel_values.shape[0],), self.max_tokens, dtype=torch.long, device=pixel_values.device)
         return self.forward(pixel_values, queries).lengths
 
+    @property
+    def settings(self) -> TowerSettings:
+        """This tower's settings as one object."""
+        return TowerSettings.of(self.config)
+
+    def with_settings(self, settings: TowerSettings | str | dict) -> DoveVisionTower:
+        """A tower around the same (shared, frozen) DOVE weights with `settings` over this one's: e.g.
+        `tower.with_settings("fixed-16")`. Returns `self` when nothing changes."""
+        new_settings = self.settings.merged(TowerSettings.parse(settings))
+        if new_settings == self.settings:
+            return self
+        config = DoveVisionTowerConfig(dove_config=self.dove.config, **new_settings.to_dict())
+        return DoveVisionTower(config, dove=self.dove).eval()
+
     # Saving and loading -----------------------------------------------------------------------------------
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Weights (safetensors) + config, the [`DoveImageProcessor`] and, for Q-DOVE, the query tokenizer."""
@@ -323,13 +328,15 @@ class DoveVisionTower(PreTrainedModel):
         `min_tokens`, `max_tokens`, `query_min_tokens`, `query_max_tokens`, `early_exit`, `chunk_size`) may be given
         as keyword overrides; other keywords go to `PreTrainedModel.from_pretrained`."""
         source = str(pretrained_model_name_or_path)
-        overrides = {k: kwargs.pop(k) for k in TOWER_OVERRIDES if k in kwargs}
+        settings = TowerSettings.parse(kwargs.pop("settings", None),
+                                       **{k: kwargs.pop(k) for k in TOWER_OVERRIDES if k in kwargs})
+        overrides = settings.to_dict()
         config = kwargs.pop("config", None)
         if config is not None:
             for key, value in overrides.items():
                 setattr(config, key, value)
             return cls._load_tower(source, model_args, config=config, **kwargs)
-        model_type = _local_model_type(source)
+        model_type = local_model_type(source)
         if model_type == DoveConfig.model_type:
             dove = DoveModel.from_pretrained(source, *model_args, **kwargs)
             return cls(DoveVisionTowerConfig(dove_config=dove.config, **overrides), dove=dove)
@@ -356,13 +363,4 @@ class DoveVisionTower(PreTrainedModel):
         return (tower, info) if want_info else tower
 
 
-def _local_model_type(source: str) -> str | None:
-    """The `model_type` of a local checkpoint folder (clear errors for broken folders); `None` for hub ids."""
-    if not (os.path.exists(source) or source.startswith((".", "/", "~"))):
-        return None
-    check_checkpoint_dir(source)
-    with open(os.path.join(source, "config.json")) as handle:
-        return json.load(handle).get("model_type")
-
-
-__all__ = ["DoveVisionTower", "DoveVisionTowerConfig", "DoveVisionTowerOutput", "TowerMode"]
+__all__ = ["DoveVisionTower", "DoveVisionTowerConfig", "DoveVisionTowerOutput", "TowerMode", "TowerSettings"]

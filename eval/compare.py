@@ -20,6 +20,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from dove_vlm.presets import COMPARE_MODEL_ARGS, DEMO_COMPARE_FIXED_K
+
 TEMPLATE = Path(__file__).resolve().parent / "tasks" / "dove_vqa" / "_default_template_yaml"
 METRIC = "vqa_accuracy,none"
 REQUIRED_FIELDS = ("image", "question", "answer")
@@ -213,11 +215,6 @@ def read_results(results_file: str | os.PathLike, task: str) -> dict:
 
 
 # --- the comparison ---------------------------------------------------------------------------------------
-
-
-# The comparison's adapter options, the same for every row: one batched VQGAN call per batch (the VQGAN is a
-# shared, fixed cost of all rows; the one-image-at-a-time path doubles it without changing any answer here).
-COMPARE_MODEL_ARGS = {"batch_invariant": "false"}
 
 
 def mode_matrix(grid_model: str | None = None, dove_model: str | None = None, qdove_model: str | None = None,
@@ -419,10 +416,11 @@ def reference_evaluation(spec: RunSpec, task_yaml: str | os.PathLike, batch_size
     export parameters (original images, not the PNG files); a user file is read back. `None` for query-null
     (`evaluate_vqa` gives a query-mode tower the question)."""
     from dove_vlm.llava.vqa import build_vqa_split, evaluate_vqa
-    from eval.lmms_adapter import load_for_inference, parse_tower_mode
+    from dove_vlm.tower_settings import TowerMode, TowerSettings
+    from eval.lmms_adapter import load_for_inference
 
-    mode, k, use_queries = parse_tower_mode(spec.mode)
-    if mode == "query" and not use_queries:
+    settings = TowerSettings.parse(spec.mode)
+    if settings.mode is TowerMode.QUERY_NULL:
         return None
     task, include = task_of(task_yaml)
     params = include.parent / f"{task}.export.json"
@@ -437,11 +435,12 @@ def reference_evaluation(spec: RunSpec, task_yaml: str | os.PathLike, batch_size
     records = records[:limit] if limit else records
     args = {key: spec.model_args[key] for key in ("batch_invariant", "merge_lora", "base_model", "merged")
             if key in spec.model_args}
-    model, processor, _ = load_for_inference(spec.pretrained, mode, k, **args)
-    return evaluate_vqa(model, processor, records, batch_size=batch_size, use_queries=use_queries)["accuracy"]
+    model, processor, tower = load_for_inference(spec.pretrained, settings, **args)
+    return evaluate_vqa(model, processor, records, batch_size=batch_size,
+                        use_queries=tower.supports_queries)["accuracy"]
 
 
-def demo_comparison(demo_dir: str | os.PathLike, seed: int = 0, fixed_k: tuple[int, ...] = (16, 28),
+def demo_comparison(demo_dir: str | os.PathLike, seed: int = 0, fixed_k: tuple[int, ...] = DEMO_COMPARE_FIXED_K,
                     num_scenes: int = 250, questions_per_scene: int = 2, query_null: bool = False,
                     runs_only: bool = False, log=print) -> str | None:
     """The closing report of `dove demo`: the lmms-eval comparison over the demo's LLaVA stages

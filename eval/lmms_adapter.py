@@ -1,8 +1,8 @@
 """The lmms-eval model adapter for DOVE-LLaVA (`lmms-eval --model dove_llava --model_args pretrained=DIR,...`).
 
 `pretrained` is a folder written by `dove llava-train` (`--stage base`: a full model; `--stage lora`: base + LoRA
-adapter + tower) or any `DoveLlavaForConditionalGeneration` folder with its tokenizer. `tower_mode` re-runs the
-model's own DOVE weights in another mode:
+adapter + tower) or any `DoveLlavaForConditionalGeneration` folder with its tokenizer. `tower_mode` (and any other
+tower setting by name, parsed by `dove_vlm.TowerSettings`) re-runs the model's own DOVE weights in another mode:
 
     grid        all VQGAN latents (the fixed-length baseline; needs a model trained on the grid tower)
     fixed-K     DOVE truncated to K tokens (also `tower_mode=fixed,num_tokens=K`)
@@ -20,102 +20,43 @@ answer length (per sample, in the samples log and `efficiency`), and every sampl
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
 from lmms_eval.models.model_utils.gen_metrics import log_metrics
 
-from dove_vlm.vision_tower import TOWER_OVERRIDES, DoveVisionTower, DoveVisionTowerConfig, TowerMode
+from dove_vlm.llava.saved import load_dove_llava
+from dove_vlm.tower_settings import TowerSettings
+from dove_vlm.vision_tower import DoveVisionTower
 
-EVAL_MODES = ("grid", "fixed", "adaptive", "query", "query-null")
-
-
-def parse_tower_mode(tower_mode: str | None, num_tokens: int | str | None = None) -> tuple[str | None, int | None, bool]:
-    """`(tower mode, fixed length, give the question to the tower)` of an lmms-eval `tower_mode` value.
-
-    `None` keeps the loaded tower's mode. `fixed-K` (or `fixed` with `num_tokens=K`) truncates to K tokens.
-    Raises `ValueError` on an unknown mode, naming the choices.
-    """
-    if tower_mode is None or str(tower_mode).strip() in ("", "none", "None"):
-        return None, None, None
-    mode = str(tower_mode).strip().lower().replace("_", "-")
-    k = None if num_tokens in (None, "", "None") else int(num_tokens)
-    if mode.startswith("fixed") and mode != "fixed":
-        suffix = mode.removeprefix("fixed").lstrip("-")
-        if not suffix.isdigit():
-            raise ValueError(f"unknown tower_mode {tower_mode!r}; write fixed-K with an integer K, e.g. fixed-16.")
-        k, mode = int(suffix), "fixed"
-    if mode not in EVAL_MODES:
-        raise ValueError(f"unknown tower_mode {tower_mode!r}; choose one of: grid, fixed-K (or fixed with num_tokens=K), "
-                         "adaptive, query, query-null.")
-    if mode == "fixed" and (k is None or k < 1):
-        raise ValueError("tower_mode=fixed needs num_tokens=K >= 1 (or write tower_mode=fixed-K).")
-    if mode != "fixed" and k is not None:
-        raise ValueError(f"num_tokens only applies to tower_mode=fixed, not {mode!r}.")
-    if mode == "query-null":
-        return TowerMode.QUERY.value, None, False
-    return mode, k, mode == TowerMode.QUERY.value
-
-
-def load_dove_llava(pretrained: str, base_model: str | None = None, merged: bool = False):
-    """`(model, processor)` of a `dove llava-train` output folder (base or LoRA stage) or a DOVE-LLaVA folder."""
-    from dove_vlm.llava import DoveLlavaForConditionalGeneration
-    from dove_vlm.llava.training import LORA_INFO_FILE, build_processor, load_llava_lora, load_tokenizer
-
-    root = Path(pretrained)
-    if not root.is_dir():
-        raise FileNotFoundError(f"pretrained={pretrained!r} is not a folder; pass a `dove llava-train` output folder.")
-    if (root / LORA_INFO_FILE).is_file() or merged:
-        return load_llava_lora(root, merged=merged, base_model=base_model)
-    if not (root / "config.json").is_file():
-        raise FileNotFoundError(f"{root} holds neither a DOVE-LLaVA model (config.json) nor a LoRA stage "
-                                f"({LORA_INFO_FILE}).")
-    model = DoveLlavaForConditionalGeneration.from_pretrained(root).eval()
-    tower = model.model.vision_tower
-    if not isinstance(tower, DoveVisionTower):
-        raise TypeError(f"{root} has a {type(tower).__name__} vision tower, not a DOVE tower.")
-    return model, build_processor(tower, load_tokenizer(str(root)))
-
-
-def _base_model(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def set_tower_mode(model, processor, mode: str | None, num_tokens: int | None = None) -> DoveVisionTower:
-    """Run the model's DOVE weights in `mode` (a new tower around the same `DoveModel`, attached to the model and
-    the processor). Refuses a mode whose feature width differs from the trained projector's (e.g. grid on a model
-    trained on DOVE tokens): the projector would be random."""
-    base = _base_model(model)
+def set_tower_settings(model, processor, settings: TowerSettings | str | dict | None) -> DoveVisionTower:
+    """Run the model's DOVE weights with `settings` over the saved tower's (`tower.with_settings`: a new tower
+    around the same `DoveModel`, attached to the model and the processor). Refuses settings whose feature width
+    differs from the trained projector's (e.g. grid on a model trained on DOVE tokens): the projector would be
+    random."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
     tower = base.model.vision_tower
-    if mode is None:
+    new = tower.with_settings(TowerSettings.parse(settings))
+    if new is tower:
         return tower
-    cfg = tower.config
-    if cfg.mode == mode and (mode != TowerMode.FIXED.value or cfg.num_tokens == num_tokens):
-        return tower
-    # Every tower setting carries over (the list the tower's own `from_pretrained` overrides), then the new mode.
-    settings = {key: getattr(cfg, key) for key in TOWER_OVERRIDES}
-    settings.update(mode=mode, num_tokens=num_tokens if mode == TowerMode.FIXED.value else None)
-    new_cfg = DoveVisionTowerConfig(dove_config=tower.dove.config, **settings)
-    new = DoveVisionTower(new_cfg, dove=tower.dove).eval()
     if new.hidden_size != tower.hidden_size:
-        raise ValueError(f"tower_mode={mode!r} gives {new.hidden_size}-wide features but this model's projector was "
-                         f"trained on {tower.hidden_size}-wide {cfg.mode!r} features; evaluate {mode!r} with a model "
-                         "trained on that tower (grid: the `--stage base` folder).")
+        raise ValueError(f"tower_mode={new.settings.to_string()!r} gives {new.hidden_size}-wide features but this model's "
+                         f"projector was trained on {tower.hidden_size}-wide {tower.config.mode!r} features; evaluate "
+                         "it with a model trained on that tower (grid: the `--stage base` folder).")
     base.set_vision_tower(new)
     processor.attach_tower(new)
     return new
 
 
-def load_for_inference(pretrained: str, mode: str | None = None, num_tokens: int | None = None,
+def load_for_inference(pretrained: str, settings: TowerSettings | str | dict | None = None,
                        batch_invariant: bool | str | None = None, merge_lora: bool | str = True,
                        base_model: str | None = None, merged: bool | str = False):
-    """`(model, processor, tower)` of a model folder set up for evaluation: the tower in `mode` (see
-    `set_tower_mode`), `DoveConfig.batch_invariant` set when given, a LoRA adapter merged into the weights unless
+    """`(model, processor, tower)` of a model folder set up for evaluation: the tower with `settings` (see
+    `set_tower_settings`), `DoveConfig.batch_invariant` set when given, a LoRA adapter merged into the weights unless
     `merge_lora` is false. The adapter and `dove eval compare --reference-eval` load models through here."""
     model, processor = load_dove_llava(pretrained, base_model=base_model, merged=_flag(merged, "merged") or False)
-    tower = set_tower_mode(model, processor, mode, num_tokens)
+    tower = set_tower_settings(model, processor, settings)
     invariant = _flag(batch_invariant, "batch_invariant")
     if invariant is not None:
         tower.dove.config.batch_invariant = invariant
@@ -148,7 +89,8 @@ class DoveLlava(lmms):
     Args:
         pretrained: the model folder (see the module docstring).
         tower_mode: grid | fixed-K | adaptive | query | query-null; default: the tower's saved mode.
-        num_tokens: K for `tower_mode=fixed`.
+        num_tokens: K for `tower_mode=fixed`. Every other tower setting (`min_tokens`, `eos_threshold`, ...; see
+            `TowerSettings`) is accepted by name too.
         batch_size: images per tower call and prompts per `generate` call (left padding: answers do not depend on
             it).
         max_new_tokens: answer length limit when the task does not set one.
@@ -166,13 +108,14 @@ class DoveLlava(lmms):
                  merged: bool | str = False, batch_invariant: bool | str | None = None, merge_lora: bool | str = True,
                  bucket_window: int | str = 8, device: str | None = None, **kwargs) -> None:
         super().__init__()
-        mode, k, use_queries = parse_tower_mode(tower_mode, num_tokens)
+        settings = TowerSettings.parse({"tower_mode": tower_mode, "num_tokens": num_tokens,
+                                        **{k: kwargs.pop(k) for k in TowerSettings.names() if k in kwargs}})
         self.batch_size_per_gpu = max(1, int(batch_size)) if str(batch_size).isdigit() else 16
         self.max_new_tokens = int(max_new_tokens)
         self.bucket_window = max(1, int(bucket_window))
-        model, processor, self.tower = load_for_inference(pretrained, mode, k, batch_invariant, merge_lora,
+        model, processor, self.tower = load_for_inference(pretrained, settings, batch_invariant, merge_lora,
                                                           base_model=base_model, merged=merged)
-        self.use_queries = self.tower.supports_queries if use_queries is None else use_queries
+        self.use_queries = self.tower.supports_queries
         wants_cuda = bool(device) and str(device).startswith("cuda")
         self.device = torch.device(device if device and (not wants_cuda or torch.cuda.is_available()) else "cpu")
         self.model = model.to(self.device).eval()
@@ -187,7 +130,8 @@ class DoveLlava(lmms):
     def _encode_images(self, images: list, queries: list):
         """Projected features (one `(L_i, hidden)` tensor per image) of one tower call."""
         pixel_values = self.processor.image_processor(images, return_tensors="pt")["pixel_values"].to(self.device)
-        return _base_model(self.model).get_image_features(
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return base.get_image_features(
             pixel_values=pixel_values, image_queries=queries if self.use_queries else None)
 
     @torch.no_grad()

@@ -9,16 +9,16 @@ or the bare path of a folder that holds a DOVE checkpoint. The name is stored in
 
 from __future__ import annotations
 
-import json
 import os
-from urllib.parse import parse_qsl
 
 import torch
 from torch import nn
 
 from dove_vlm.configuration_dove import DoveConfig
 from dove_vlm.image_processing_dove import DoveImageProcessor
-from dove_vlm.vision_tower import TOWER_OVERRIDES, DoveVisionTower, DoveVisionTowerConfig
+from dove_vlm.checkpoints import local_model_type
+from dove_vlm.tower_settings import TowerSettings, TowerSettingsError
+from dove_vlm.vision_tower import DoveVisionTower, DoveVisionTowerConfig
 
 DOVE_PREFIX = "dove:"
 DOVE_MODEL_TYPES = (DoveConfig.model_type, DoveVisionTowerConfig.model_type)
@@ -42,31 +42,6 @@ class LlavaDoveImageProcessor(DoveImageProcessor):
         return {"height": self.size, "width": self.size}
 
 
-def _parse_value(text: str):
-    lowered = text.lower()
-    if lowered in ("none", "null"):
-        return None
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def _model_type(path: str) -> str | None:
-    config_file = os.path.join(path, "config.json")
-    if not os.path.isfile(config_file):
-        return None
-    try:
-        with open(config_file) as handle:
-            return json.load(handle).get("model_type")
-    except (OSError, ValueError):
-        return None
-
-
 def parse_tower_name(name) -> tuple[str, dict] | None:
     """`"dove:PATH?mode=query"` → `(PATH, {"mode": "query"})`; a folder holding a DOVE checkpoint → `(folder, {})`;
     anything else (CLIP names, other folders) → `None`, i.e. not a DOVE tower."""
@@ -74,21 +49,21 @@ def parse_tower_name(name) -> tuple[str, dict] | None:
         return None
     if name.startswith(DOVE_PREFIX):
         path, _, query = name[len(DOVE_PREFIX):].partition("?")
-        overrides = {key: _parse_value(value) for key, value in parse_qsl(query, keep_blank_values=True)}
-        unknown = sorted(set(overrides) - set(TOWER_OVERRIDES))
-        if unknown:
-            raise ValueError(f"unknown DOVE tower option(s) {unknown} in {name!r}; allowed: {', '.join(TOWER_OVERRIDES)}.")
+        try:
+            overrides = TowerSettings.parse(query).to_dict()
+        except TowerSettingsError as err:
+            raise ValueError(f"bad DOVE tower option in {name!r}: {err}") from None
         if not path:
             raise ValueError(f"{name!r} names no DOVE checkpoint; use dove:PATH (a tower folder or a `dove train` folder).")
         return os.path.expanduser(path), overrides
-    if os.path.isdir(name) and _model_type(name) in DOVE_MODEL_TYPES:
+    if os.path.isdir(name) and local_model_type(name, strict=False) in DOVE_MODEL_TYPES:
         return name, {}
     return None
 
 
 def tower_config(path: str, overrides: dict) -> DoveVisionTowerConfig:
     """The tower config of a tower folder or a plain DOVE checkpoint, with `overrides`, without loading weights."""
-    model_type = _model_type(path)
+    model_type = local_model_type(path, strict=False)
     if model_type == DoveConfig.model_type:
         return DoveVisionTowerConfig(dove_config=DoveConfig.from_pretrained(path), **overrides)
     if model_type == DoveVisionTowerConfig.model_type:

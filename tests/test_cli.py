@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from dove_vlm.cli import main
+from dove_vlm.commands.cli import main
 
 
 def test_unknown_preset_is_a_usage_error(tmp_path, capsys):
@@ -74,7 +74,7 @@ def test_encode_with_query_batches_and_plain_model_refuses_queries(micro_model, 
 
 
 def test_demo_runs_the_llava_stages_unless_told_not_to():
-    from dove_vlm.cli import build_parser
+    from dove_vlm.commands.cli import build_parser
 
     default = build_parser().parse_args(["demo"])
     assert default.no_llava is False and default.jobs is None

@@ -2,7 +2,7 @@
 
 import json
 
-from dove_vlm.demo import finished_stage
+from dove_vlm.commands.demo import finished_stage
 from tests.train_tokenizer.test_train import micro_args
 from train_tokenizer import train as train_module
 
@@ -23,7 +23,7 @@ def test_thread_boost_raises_the_thread_count_once_the_sibling_is_done(monkeypat
 
     import torch
 
-    from dove_vlm.demo import ThreadBoost
+    from dove_vlm.commands.demo import ThreadBoost
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # restored after the test (the boost sets it for subprocesses)
     before = torch.get_num_threads()

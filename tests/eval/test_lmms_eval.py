@@ -8,7 +8,9 @@ import pytest
 from PIL import Image
 
 from eval.compare import export_file, mode_matrix, read_records, task_of
-from eval.lmms_adapter import DoveLlava, load_dove_llava, parse_tower_mode, set_tower_mode
+from dove_vlm.llava.saved import load_dove_llava
+from dove_vlm.tower_settings import TowerSettings, TowerSettingsError
+from eval.lmms_adapter import DoveLlava, set_tower_settings
 from eval.tasks.dove_vqa.utils import dove_vqa_process_results, validate_records
 
 
@@ -27,21 +29,22 @@ def _requests(records, task="t"):
 
 
 @pytest.mark.parametrize("value, expected", [
-    ("grid", ("grid", None, False)), ("adaptive", ("adaptive", None, False)), ("fixed-8", ("fixed", 8, False)),
-    ("query", ("query", None, True)), ("query-null", ("query", None, False)), ("Query_Null", ("query", None, False)),
-    (None, (None, None, None)),
+    ("grid", ("grid", None)), ("adaptive", ("adaptive", None)), ("fixed-8", ("fixed", 8)),
+    ("query", ("query", None)), ("query-null", ("query-null", None)), ("Query_Null", ("query-null", None)),
+    (None, (None, None)),
 ])
-def test_parse_tower_mode(value, expected):
-    assert parse_tower_mode(value) == expected
+def test_tower_mode_spellings(value, expected):
+    settings = TowerSettings.parse({"tower_mode": value})
+    assert (settings.mode and settings.mode.value, settings.num_tokens) == expected
 
 
 @pytest.mark.parametrize("value, k, match", [
-    ("bogus", None, "unknown tower_mode"), ("fixed", None, "num_tokens"), ("fixed-x", None, "fixed-K"),
+    ("bogus", None, "unknown tower mode"), ("fixed", None, "num_tokens"), ("fixed-x", None, "fixed-K"),
     ("adaptive", 4, "only applies"),
 ])
-def test_parse_tower_mode_errors(value, k, match):
-    with pytest.raises(ValueError, match=match):
-        parse_tower_mode(value, k)
+def test_tower_mode_errors(value, k, match):
+    with pytest.raises(TowerSettingsError, match=match):
+        TowerSettings.parse({"tower_mode": value, "num_tokens": k})
 
 
 def test_entry_point_registers_the_adapter():
@@ -61,13 +64,13 @@ def test_adapter_matches_evaluate_vqa_and_reports_tokens(llava_dir, task_yaml):
         reqs, lm.task_dict = _requests(records)
         out = lm.generate_until(reqs)
         model, processor = load_dove_llava(llava_dir)
-        set_tower_mode(model, processor, mode)
+        set_tower_settings(model, processor, mode)
         images = [{"image": Image.open(r["image"]).convert("RGB"), "question": r["question"]} for r in records]
         answers, lengths = generate_answers(model, processor, images, batch_size=3, use_queries=use_queries)
         assert [o.text for o in out] == answers
         assert all(o.token_counts.input_tokens > n for o, n in zip(out, lengths))
     null = DoveLlava(pretrained=llava_dir, tower_mode="query-null")
-    assert null.tower.supports_queries and not null.use_queries
+    assert null.tower.config.mode == "query-null" and not null.tower.supports_queries and not null.use_queries
 
 
 def test_grid_mode_on_a_token_model_is_refused(llava_dir):
@@ -117,7 +120,7 @@ def test_lmms_eval_cli_comparison(llava_dir, task_yaml, tmp_path):
 
 
 def _cli_comparison(llava_dir, task_yaml, tmp_path):
-    from dove_vlm.cli import main
+    from dove_vlm.commands.cli import main
 
     out = tmp_path / "cmp"
     code = main(["eval", "compare", "--task", str(task_yaml), "--qdove-model", llava_dir, "--modes", "query",
@@ -142,7 +145,7 @@ def test_finished_runs_are_reused_only_with_the_same_inputs(llava_dir, task_yaml
     start lmms-eval again (here a stand-in that fails, which proves it was called)."""
     import shutil
 
-    from dove_vlm.cli import main
+    from dove_vlm.commands.cli import main
     from eval import compare as compare_module
 
     model = tmp_path / "model"
@@ -172,7 +175,7 @@ def test_finished_runs_are_reused_only_with_the_same_inputs(llava_dir, task_yaml
 def test_failed_runs_exit_non_zero_with_the_cause(llava_dir, task_yaml, tmp_path, monkeypatch, capsys):
     """lmms-eval can exit 0 after a failure: `dove eval` reads the results file instead. Here a stand-in
     `lmms-eval` prints a traceback and exits 0 without results (the real one does so when the model raises)."""
-    from dove_vlm.cli import main
+    from dove_vlm.commands.cli import main
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

@@ -36,7 +36,7 @@ def qdove_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def base_dir(dove_dir, tmp_path_factory):
     """A micro base LLaVA (grid tower) trained for 4 steps."""
-    from dove_vlm.llava.training import LlavaTrainingArguments, train_llava
+    from llava_patch.training import LlavaTrainingArguments, train_llava
 
     path = tmp_path_factory.mktemp("llava_base")
     train_llava(LlavaTrainingArguments(output_dir=str(path), stage="base", tower=dove_dir, max_steps=4,

@@ -8,19 +8,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from dove_vlm.cli import main
-from dove_vlm.llava.training import (
-    IGNORE_INDEX,
-    LlavaTrainingArguments,
-    PromptEncoder,
-    TowerFeatureCache,
-    build_model,
-    group_examples,
-    load_base_llava,
-    load_llava_lora,
-    load_tower,
-    train_llava,
-)
+from dove_vlm.commands.cli import main
+from dove_vlm.llava.saved import load_base_llava, load_llava_lora
+from dove_vlm.vision_tower import DoveVisionTower
+from llava_patch.training import LlavaTrainingArguments, train_llava
+from llava_patch.training.data import IGNORE_INDEX, PromptEncoder, group_examples
+from llava_patch.training.features import TowerFeatureCache
+from llava_patch.training.train import build_model
 from dove_vlm.llava.vqa import CAPTION_QUESTION, build_prompt, build_vqa_split, generate_answers, record_query
 from tests.llava.conftest import MICRO_LLAVA
 
@@ -70,9 +64,9 @@ def test_min_tokens_floors_every_length_and_is_saved_with_the_tower(dove_dir, ba
 
 
 def test_loss_only_on_answer_tokens_and_prompt_matches_the_processor(base_dir, dove_dir):
-    from dove_vlm.llava.training import build_processor, load_tokenizer
+    from dove_vlm.llava.saved import build_processor, load_tokenizer
 
-    tower = load_tower(dove_dir, "adaptive")
+    tower = DoveVisionTower.from_pretrained(dove_dir, mode="adaptive")
     processor = build_processor(tower, load_tokenizer(base_dir))
     records = build_vqa_split("train", 3, seed=0)
     encoder = PromptEncoder(processor)
@@ -94,7 +88,7 @@ def test_loss_only_on_answer_tokens_and_prompt_matches_the_processor(base_dir, d
 
 
 def test_cached_features_equal_the_tower(qdove_dir):
-    tower = load_tower(qdove_dir, "query")
+    tower = DoveVisionTower.from_pretrained(qdove_dir, mode="query")
     examples = group_examples(build_vqa_split("train", 4, seed=0), 1, 0)
     cache = TowerFeatureCache(tower, examples, batch_size=3)
     pixels = tower.image_processor([e[0]["image"] for e in examples], return_tensors="pt")["pixel_values"]
@@ -121,7 +115,7 @@ def test_init_adapter_starts_a_lora_stage_from_an_earlier_one(lora_dir, qdove_di
     fresh, _, _ = build_model(LlavaTrainingArguments(**{**args.to_dict(), "init_adapter": None}), None)
     assert not all(torch.equal(get_peft_model_state_dict(fresh)[k], w) for k, w in start.items())
     train_llava(args)
-    saved = load_tower(str(tmp_path / "q" / "tower"), "query")
+    saved = DoveVisionTower.from_pretrained(str(tmp_path / "q" / "tower"), mode="query")
     assert (saved.config.query_min_tokens, saved.config.query_max_tokens) == (2, 3)
     with pytest.raises(ValueError, match="--init-adapter"):
         LlavaTrainingArguments(output_dir="x", stage="base", tower=qdove_dir, init_adapter=path)
@@ -138,7 +132,7 @@ def test_init_adapter_starts_a_lora_stage_from_an_earlier_one(lora_dir, qdove_di
 def test_caption_turns_give_q_dove_the_null_query(qdove_dir):
     """A caption request ("describe the image.") names no region: its Q-DOVE features are the null query's (the
     whole image), not those of the request's words; a question's are its own."""
-    tower = load_tower(qdove_dir, "query")
+    tower = DoveVisionTower.from_pretrained(qdove_dir, mode="query")
     records = build_vqa_split("train", 3, seed=0, questions_per_scene=1, captions=True)
     captions = [r for r in records if r["type"] == "caption"]
     questions = [r for r in records if r["type"] != "caption"]
@@ -204,7 +198,7 @@ def test_save_load_generate_identical_unmerged_and_merged(lora_dir):
 
 
 def test_trained_in_memory_model_equals_the_saved_adapter(dove_dir, base_dir, tmp_path):
-    from dove_vlm.llava import training
+    from llava_patch.training import train as training
 
     captured = {}
     original = training._save_final
@@ -236,10 +230,10 @@ def test_adapter_for_another_base_model_is_refused(lora_dir, dove_dir, tmp_path)
     # Without the recorded fingerprint, the weight shapes still name the mismatch.
     (Path(path) / "dove_llava_lora.json").rename(tmp_path / "info.json")
     try:
-        from dove_vlm.llava.training import attach_adapter
+        from dove_vlm.llava.saved import attach_adapter
 
         base = load_base_llava(str(other))
-        base.set_vision_tower(load_tower(str(Path(path) / "tower"), "adaptive"))
+        base.set_vision_tower(DoveVisionTower.from_pretrained(str(Path(path) / "tower"), mode="adaptive"))
         with pytest.raises(ValueError, match=r"another base model: model\.language_model\.layers\.0\.\S+ is \(48, "):
             attach_adapter(base, Path(path) / "adapter")
     finally:
@@ -295,7 +289,7 @@ def test_cli_llava_train(dove_dir, base_dir, qdove_dir, tmp_path, capsys):
 
 
 def test_run_llava_demo_three_stages(dove_dir, qdove_dir, tmp_path):
-    from dove_vlm.llava.demo import run_llava_demo
+    from dove_vlm.commands.llava_demo import run_llava_demo
 
     micro = {k: v for k, v in MICRO_LLAVA.items() if k not in ("hidden_size", "num_hidden_layers",
                                                                 "num_attention_heads", "intermediate_size")}

@@ -104,9 +104,11 @@ def records():
 
 def _model(path_dir, mode):
     from dove_vlm.llava import build_text_tokenizer, build_tiny_llava
-    from dove_vlm.llava.training import build_processor, load_tower, vqa_texts
+    from dove_vlm.llava.saved import build_processor
+    from dove_vlm.vision_tower import DoveVisionTower
+    from llava_patch.training.data import vqa_texts
 
-    tower = load_tower(path_dir, mode)
+    tower = DoveVisionTower.from_pretrained(path_dir, mode=mode)
     tokenizer = build_text_tokenizer(vqa_texts())
     torch.manual_seed(0)
     model = build_tiny_llava(tower, tokenizer, hidden_size=32, intermediate_size=64)

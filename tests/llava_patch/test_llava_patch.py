@@ -70,7 +70,7 @@ def test_tower_names(dove_dir, tmp_path):
     assert parse_tower_name(str(dove_dir)) == (str(dove_dir), {})  # a folder holding a DOVE checkpoint
     assert parse_tower_name("openai/clip-vit-large-patch14-336") is None
     assert parse_tower_name(str(tmp_path)) is None  # a folder, but no DOVE config
-    with pytest.raises(ValueError, match="unknown DOVE tower option.*colour"):
+    with pytest.raises(ValueError, match="unknown tower setting.*colour"):
         parse_tower_name(f"dove:{dove_dir}?colour=red")
     with pytest.raises(ValueError, match="names no DOVE checkpoint"):
         parse_tower_name("dove:")

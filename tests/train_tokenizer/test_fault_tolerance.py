@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dove_vlm import cli
+from dove_vlm.commands import cli
 from tests.conftest import MICRO_OVERRIDES
 from tests.train_tokenizer.test_train import micro_args
 from train_tokenizer import checkpointing
@@ -40,7 +40,7 @@ def _cli_flags(output_dir: Path, **overrides) -> list[str]:
 
 def _dove_train(flags: list[str]) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
-    return subprocess.Popen([sys.executable, "-m", "dove_vlm.cli", "train", *flags], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", "dove_vlm", "train", *flags], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

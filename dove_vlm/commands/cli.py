@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import typing
 from pathlib import Path
 
-from .presets import PRESETS
+from ..presets import COMPARE_MODEL_ARGS, PRESETS
 
 EXIT_USAGE = 2
 
@@ -53,6 +52,8 @@ def _train(ns: argparse.Namespace) -> int:
     from train_tokenizer.config import TrainingArguments
     from train_tokenizer.train import train
 
+    from train_tokenizer.summary import format_report
+
     args = _from_namespace(TrainingArguments, ns)
     metrics = train(args)
     print(format_report(metrics, args.output_dir))
@@ -60,7 +61,7 @@ def _train(ns: argparse.Namespace) -> int:
 
 
 def _llava_train(ns: argparse.Namespace) -> int:
-    from .llava.training import LlavaTrainingArguments, format_llava_report, train_llava
+    from llava_patch.training import LlavaTrainingArguments, format_llava_report, train_llava
 
     args = _from_namespace(LlavaTrainingArguments, ns)
     metrics = train_llava(args)
@@ -68,47 +69,13 @@ def _llava_train(ns: argparse.Namespace) -> int:
     return 0
 
 
-def format_report(metrics: dict, output_dir: str) -> str:
-    """A short human-readable report of a training run's `metrics.json`."""
-    lines = [f"model written to {output_dir}"]
-    ev = metrics.get("eval")
-    if ev:
-        ks = ", ".join(f"k={k}: {v:.2f}" for k, v in ev["psnr_by_k"].items())
-        lines += [
-            f"held-out scenes: {ev['num_images']}",
-            f"tokens per image: mean {ev['mean_length']:.2f} ± {ev['std_length']:.2f} "
-            f"({100 * ev['mean_length_fraction_of_max']:.0f}% of max {ev['max_tokens']}), "
-            f"{ev['distinct_lengths']} distinct lengths",
-            f"Spearman(length, objects) = {ev['spearman_length_vs_objects']:.3f}; "
-            f"Spearman(length, Laplacian variance) = {ev['spearman_length_vs_laplacian']:.3f}",
-            f"PSNR by forced tokens: {ks}",
-            f"PSNR adaptive: {ev['psnr_adaptive']:.2f} dB (max-length minus adaptive: "
-            f"{ev['psnr_gap_max_minus_adaptive']:.2f} dB)",
-        ]
-    q = metrics.get("query_eval")
-    if q:
-        lines += [
-            f"Q-DOVE on {q['num_images']} held-out scenes with single-object queries: "
-            f"{q['mean_tokens_query']:.2f} tokens with the query vs {q['mean_tokens_null']:.2f} with the null query "
-            f"({100 * q['query_over_null_tokens']:.0f}%)",
-            f"in-box PSNR: query {q['in_box_psnr_query']:.2f} dB vs null {q['in_box_psnr_null']:.2f} dB "
-            f"(difference {q['in_box_psnr_query_minus_null']:+.2f} dB)",
-        ]
-        if "null_over_plain_tokens" in q:
-            lines.append(f"null query vs plain DOVE tokens: {q['mean_tokens_null']:.2f} vs {q['mean_tokens_plain_dove']:.2f} "
-                         f"({100 * (q['null_over_plain_tokens'] - 1):+.1f}%)")
-    for name in metrics.get("plots", []):
-        lines.append(f"figure: {os.path.join(output_dir, name)}")
-    return "\n".join(lines)
-
-
 def _encode(ns: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from .data import load_image
-    from .image_processing_dove import DoveImageProcessor
-    from .modeling_dove import DoveModel
+    from ..data import load_image
+    from ..image_processing_dove import DoveImageProcessor
+    from ..modeling_dove import DoveModel
 
     if ns.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {ns.batch_size}.")
@@ -167,7 +134,7 @@ def _eval_export(ns) -> int:
 
 
 def _eval_compare(ns) -> int:
-    from eval.compare import COMPARE_MODEL_ARGS, LmmsEvalError, compare, comparison_table, mode_matrix, \
+    from eval.compare import LmmsEvalError, compare, comparison_table, mode_matrix, \
         reference_accuracies
 
     fixed_k = tuple(int(k) for k in ns.fixed_k.split(",") if k.strip()) if ns.fixed_k else ()
@@ -230,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_enc.add_argument("--batch-size", type=int, default=32)
     p_enc.set_defaults(func=_encode)
 
-    from .llava.training import LlavaTrainingArguments
+    from llava_patch.training import LlavaTrainingArguments
 
     p_llava = sub.add_parser("llava-train", help="train LLaVA on a DOVE tower: --stage base (tiny LLaVA on the grid "
                              "tower) or --stage lora (LoRA + projector on a DOVE / Q-DOVE tower)")

@@ -8,36 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..demo import finished_stage
-from .training import LlavaTrainingArguments, format_llava_report, train_llava
+from llava_patch.training import LlavaTrainingArguments, format_llava_report, train_llava
 
-# Sized for `dove demo` on a 2-core CPU, where the base and DOVE LoRA stages run beside the Q-DOVE tokenizer
-# (one thread each) and should not outlast it; every field can be overridden. Dense caption turns (LLaVA's
-# alignment data) lift the grid baseline from 42.4% to 47.0% (runs/lx, 8000 scenes, 1500 steps), mostly on colour
-# questions; multi-turn examples (all of a scene's questions in one conversation) give ~8 answers per pass over
-# the image tokens.
-LLAVA_DEMO_SHARED: dict[str, Any] = dict(num_train_scenes=6000, captions=True, eval_scenes=250,
-                                         eval_questions_per_scene=2, batch_size=16, checkpoint_every=200,
-                                         eval_batch_size=100)
-LLAVA_DEMO_BASE: dict[str, Any] = dict(max_steps=1500, learning_rate=1e-3, warmup_steps=50, turns_per_image=8,
-                                       hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256)
-# DOVE's short codes (one token for a plain scene with a small object) drop the object's colour: a floor on the length
-# (the tower's `min_tokens`; above it the length still follows the image) buys accuracy with tokens. On one base
-# LLaVA (runs/x_lora_*, 500 held-out questions, grid 47.0% at 64 tokens): floor 4 → 40.2% at 17.7 tokens, 8 → 40.6% at
-# 19.3, 16 → 43.0% at 22.8, 24 → 45.2% at 27.1 (42% of the grid's tokens). The new projector needs more steps than
-# the LoRA alone would: 37.4% after 400 steps, 42.0% after 1200 (runs/lx).
-LLAVA_DEMO_LORA: dict[str, Any] = dict(max_steps=1200, learning_rate=2e-3, warmup_steps=25, lora_r=16, lora_alpha=32,
-                                       turns_per_image=8, feature="hidden", min_tokens=24)
-# Q-DOVE starts from the DOVE LoRA (`init_adapter`): its null query is DOVE's code, and its query codes, trained to
-# go on into the whole image (QDOVE_DEMO_SCHEDULE's `query_full_prob`), read like DOVE's codes. A fresh adapter on
-# Q-DOVE alone learns from one question per image and stays near 40% (README: what Q-DOVE needed in LLaVA). The
-# query limits and the steps were picked on the validation split (500 questions, grid 47.8%): with the DOVE adapter
-# as it is, query lengths 8–16 → 46.6%, 12–16 → 47.8%, 12–19 → 48.0%, 16–19 → 45.0% (runs/y_qf0.25); further
-# query-mode steps (one question per image) lose what the multi-turn DOVE stage taught: 400 steps at 5e-4 → 47.2%
-# (runs/y_qft25_lo) and 46.4% (runs/demo_v7a), at 1e-4 → 45.8%. So the stage keeps the DOVE adapter (`max_steps=0`:
-# saved with the Q-DOVE tower and scored); `dove llava-train --mode query --max-steps N` trains it further.
-LLAVA_DEMO_QDOVE: dict[str, Any] = dict(turns_per_image=1, batch_size=32, num_train_scenes=1000, max_steps=0,
-                                        query_min_tokens=12, query_max_tokens=16)
+from ..presets import LLAVA_DEMO_BASE, LLAVA_DEMO_LORA, LLAVA_DEMO_QDOVE, LLAVA_DEMO_SHARED
+from .stages import finished_stage
 
 
 def run_llava_demo(tokenizer_dir: str, qdove_dir: str | None, output_dir: str, seed: int = 0,

@@ -13,23 +13,14 @@
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-# Q-DOVE fine-tunes the trained DOVE (decoder kept, null query distilled from DOVE), with the EOS weight
-# quickly at full strength. A queried sample stops at the first length whose in-box loss is within 1.2× of what the
-# starting DOVE reaches on that box (the teacher threshold): the running threshold swung between 28% and 46% of the
-# null query's tokens and lost up to 0.71 dB in the box over four runs (README, Q-DOVE results). A quarter of the
-# queried samples use all 32 slots toward the whole image, so longer query codes hold the rest of the scene: the
-# LLaVA reads them (500 validation questions with the DOVE adapter: 47.8% at 12.8 tokens, against 43.0% with half
-# of them; the in-box figure at the query's own length pays for it, README).
-QDOVE_DEMO_SCHEDULE = dict(max_steps=2500, warmup_steps=50, eos_weight_start=0.1, eos_warmup_steps=0,
-                           eos_ramp_steps=300, learning_rate=5e-4, freeze_decoder=True, query_threshold="teacher",
-                           query_threshold_scale=1.2, query_full_prob=0.25)
+from ..presets import QDOVE_DEMO_SCHEDULE
+from .stages import finished_stage
 
 
 def _tokenizer_args(output_dir: Path, seed: int, query: bool):
@@ -47,7 +38,7 @@ def _train_tokenizer(output_dir: str, seed: int, query: bool, threads: int | Non
     `step_callback` goes to `train` (e.g. a `ThreadBoost`)."""
     from train_tokenizer.train import train
 
-    from .cli import format_report
+    from train_tokenizer.summary import format_report
 
     if threads:
         _set_threads(threads)
@@ -69,24 +60,10 @@ class ThreadBoost:
             self.boosted = True
 
 
-def finished_stage(args) -> dict | None:
-    """The metrics of a stage (tokenizer or LLaVA training arguments) already trained and scored with exactly
-    `args`, else `None`: a rerun of the demo, or its parallel branch, then neither rebuilds data nor re-evaluates."""
-    path = Path(args.output_dir) / "metrics.json"
-    if not path.is_file():
-        return None
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    done = metrics.get("args") == json.loads(json.dumps(args.to_dict())) and "eval" in metrics
-    return metrics if done else None
-
-
 def _llava_stages(output_dir: str, seed: int, only: tuple[str, ...] | None = None,
                   threads: int | None = None) -> tuple[str, dict]:
     """LLaVA stages (`base`, `dove`, `qdove`; all and the report when `only` is None; finished ones are reused)."""
-    from .llava.demo import run_llava_demo
+    from .llava_demo import run_llava_demo
 
     if threads:
         _set_threads(threads)

@@ -1,0 +1,222 @@
+"""The saved format of a trained DOVE-LLaVA stage, and loading it for inference from any working directory.
+
+A `dove llava-train --stage base` folder is a full `DoveLlavaForConditionalGeneration` with its tokenizer. A
+`--stage lora` folder holds `adapter/` (peft), `tower/` (the DOVE tower it was trained on), the tokenizer and
+`dove_llava_lora.json`, which records the base model: a hub id as given, a local folder relative to the saved
+folder (so a folder moved together with its base keeps working) and as an absolute path (so a folder moved on
+its own keeps working).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..checkpoints import looks_local
+from ..tower_settings import TowerSettings
+from ..vision_tower import DoveVisionTower
+from .modeling_dove_llava import DoveLlavaForConditionalGeneration
+from .processing_dove_llava import DoveLlavaProcessor
+
+PROJECTOR = "multi_modal_projector"
+ADAPTER_DIR, TOWER_DIR, MERGED_DIR = "adapter", "tower", "merged"
+LORA_INFO_FILE = "dove_llava_lora.json"
+
+
+def load_base_llava(path: str) -> DoveLlavaForConditionalGeneration:
+    """A base LLaVA (a `--stage base` folder or a LLaVA checkpoint); refuses checkpoints whose projector or
+    language-model weights are missing, naming them."""
+    if not os.path.exists(path) and path.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"base model {path!r} does not exist; pass a folder written by "
+                                "`dove llava-train --stage base` or a LLaVA checkpoint.")
+    model, info = DoveLlavaForConditionalGeneration.from_pretrained(path, output_loading_info=True)
+    missing = [k for k in info.get("missing_keys", []) if "vision_tower" not in k and "lm_head" not in k]
+    if missing:
+        projector = [k for k in missing if PROJECTOR in k]
+        what = "the multimodal projector" if projector else "language-model weights"
+        raise ValueError(f"the base model {path!r} is missing {what} ({', '.join(sorted(missing)[:4])}); it would be "
+                         "randomly initialised. Pass a complete LLaVA checkpoint (projector + language model).")
+    return model
+
+
+def build_processor(tower: DoveVisionTower, tokenizer) -> DoveLlavaProcessor:
+    processor = DoveLlavaProcessor(image_processor=tower.image_processor, tokenizer=tokenizer)
+    return processor.attach_tower(tower)
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def text_fingerprint(model) -> dict[str, Any]:
+    """What a LoRA adapter depends on: the language model's shape."""
+    text = model.config.text_config
+    return {"model_type": text.model_type, "hidden_size": text.hidden_size, "num_hidden_layers": text.num_hidden_layers,
+            "intermediate_size": getattr(text, "intermediate_size", None), "vocab_size": text.vocab_size}
+
+
+
+def check_adapter(adapter_dir: str | os.PathLike, base_model) -> None:
+    """Clear errors before peft loads `adapter_dir` onto `base_model`: an adapter trained on another base model
+    (language-model shape or weight shapes that differ), or an adapter without the projector."""
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"no LoRA adapter in {adapter_dir} (adapter_config.json is missing).")
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"the LoRA adapter in {adapter_dir} has no adapter_model.safetensors.")
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as handle:
+        shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}  # noqa: SIM118 (not a dict)
+    if not any(PROJECTOR in k for k in shapes):
+        raise ValueError(f"the LoRA adapter in {adapter_dir} has no projector weights ({PROJECTOR} in "
+                         "modules_to_save); without them the new tower's projector would be random. Retrain with "
+                         "`dove llava-train --stage lora` (which saves it).")
+    info_file = adapter_dir.parent / LORA_INFO_FILE
+    if info_file.is_file():
+        saved = json.loads(info_file.read_text()).get("text_model", {})
+        current = text_fingerprint(base_model)
+        diff = {k: (saved[k], current.get(k)) for k in saved if saved[k] != current.get(k)}
+        if diff:
+            detail = ", ".join(f"{k} {a} vs {b}" for k, (a, b) in diff.items())
+            raise ValueError(f"the LoRA adapter in {adapter_dir} was trained on another base model: its language "
+                             f"model differs ({detail}; adapter vs given base).")
+    params = dict(base_model.named_parameters())
+    for key, shape in shapes.items():
+        if ".lora_A." in key or ".lora_B." in key:
+            module = key.split(".lora_")[0].removeprefix("base_model.model.")
+            weight = params.get(module + ".weight")
+            if weight is None:
+                raise ValueError(f"the LoRA adapter in {adapter_dir} targets {module}, which the given base model does "
+                                 "not have: the adapter was trained on another base model.")
+            expected = weight.shape[1] if ".lora_A." in key else weight.shape[0]
+            got = shape[1] if ".lora_A." in key else shape[0]
+            if expected != got:
+                raise ValueError(f"the LoRA adapter in {adapter_dir} was trained on another base model: {module} is "
+                                 f"{tuple(weight.shape)} in the given base model but the adapter expects width {got}.")
+        elif PROJECTOR in key and key.endswith(".weight"):
+            module = key.replace(".modules_to_save.default", "").removeprefix("base_model.model.")
+            weight = params.get(module)
+            if weight is not None and tuple(weight.shape) != shape:
+                raise ValueError(f"the adapter's projector {module} is {shape} but the model's is "
+                                 f"{tuple(weight.shape)}: the adapter was trained for another vision tower or base model.")
+
+
+def write_lora_info(output_dir: str | os.PathLike, base_model: str, tower: str, settings: TowerSettings,
+                    text_model: dict[str, Any]) -> Path:
+    """Record what a LoRA stage in `output_dir` was trained on. A local base model is stored relative to
+    `output_dir` and as an absolute path, so the folder loads from any working directory and after a move."""
+    root = Path(output_dir)
+    info: dict[str, Any] = {"base_model": _portable(base_model, root), "tower_source": _portable(tower, root),
+                            "tower_settings": settings.to_dict(), "text_model": text_model}
+    path = root / LORA_INFO_FILE
+    path.write_text(json.dumps(info, indent=2))
+    return path
+
+
+def _portable(source: str, root: Path) -> dict[str, Any]:
+    source = os.path.expanduser(str(source))
+    if not looks_local(source):
+        return {"hub_id": source}
+    absolute = Path(source).resolve()
+    return {"relative": os.path.relpath(absolute, root.resolve()), "absolute": str(absolute)}
+
+
+def resolve_base_model(root: str | os.PathLike, info: dict[str, Any]) -> str:
+    """The base model a saved LoRA stage names: its hub id, or the first local folder that exists (relative to
+    the stage's folder, then the absolute path recorded at save time). A clear error says where it looked."""
+    root = Path(root)
+    entry = info.get("base_model")
+    if isinstance(entry, str):  # written before paths were recorded relative to the folder
+        entry = {"hub_id": entry} if not looks_local(entry) else {"relative": entry, "absolute": entry}
+    if not isinstance(entry, dict) or not entry:
+        raise ValueError(f"{root / LORA_INFO_FILE} records no base model; pass base_model= (the folder written by "
+                         "`dove llava-train --stage base`).")
+    if "hub_id" in entry:
+        return entry["hub_id"]
+    tried = []
+    for candidate in (root / entry.get("relative", ""), Path(entry.get("absolute", ""))):
+        tried.append(str(candidate))
+        if entry.get("relative") is not None and (candidate / "config.json").is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"the base model of the LoRA stage in {root} is missing: looked for it at "
+                            f"{' and '.join(dict.fromkeys(tried))}. Move it back beside the stage, or pass "
+                            "base_model=PATH (lmms-eval: --model_args pretrained=...,base_model=PATH).")
+
+
+def load_llava_lora(output_dir: str | os.PathLike, merged: bool = False, base_model: str | None = None):
+    """A model written by `--stage lora`, ready for `generate`: `(model, processor)`.
+
+    Args:
+        output_dir: the stage's output folder (`adapter/`, `tower/`, `dove_llava_lora.json`, the tokenizer).
+        merged: load `merged/` (written with `--merge`) instead of base + adapter.
+        base_model: override the base model recorded at training time.
+    """
+    root = Path(output_dir)
+    if merged:
+        if not (root / MERGED_DIR / "config.json").is_file():
+            raise FileNotFoundError(f"no merged model in {root / MERGED_DIR}; train with --merge or call merge_adapter.")
+        model = DoveLlavaForConditionalGeneration.from_pretrained(root / MERGED_DIR).eval()
+        tower = model.model.vision_tower
+    else:
+        info_file = root / LORA_INFO_FILE
+        if not info_file.is_file():
+            raise FileNotFoundError(f"{root} holds no `dove llava-train --stage lora` output ({LORA_INFO_FILE} missing).")
+        info = json.loads(info_file.read_text())
+        model = load_base_llava(base_model or resolve_base_model(root, info))
+        if not (root / TOWER_DIR / "config.json").is_file():
+            raise FileNotFoundError(f"the tower of the LoRA stage in {root} is missing: looked for it at "
+                                    f"{root / TOWER_DIR}.")
+        tower = DoveVisionTower.from_pretrained(root / TOWER_DIR)
+        model.set_vision_tower(tower)
+        model = attach_adapter(model, root / ADAPTER_DIR).eval()
+    processor = build_processor(tower, load_tokenizer(str(root)))
+    return model, processor
+
+
+def load_dove_llava(pretrained: str | os.PathLike, base_model: str | None = None, merged: bool = False):
+    """`(model, processor)` of a `dove llava-train` output folder (base or LoRA stage) or a DOVE-LLaVA folder."""
+    root = Path(pretrained)
+    if not root.is_dir():
+        raise FileNotFoundError(f"pretrained={str(pretrained)!r} is not a folder; pass a `dove llava-train` output "
+                                "folder.")
+    if (root / LORA_INFO_FILE).is_file() or merged:
+        return load_llava_lora(root, merged=merged, base_model=base_model)
+    if not (root / "config.json").is_file():
+        raise FileNotFoundError(f"{root} holds neither a DOVE-LLaVA model (config.json) nor a LoRA stage "
+                                f"({LORA_INFO_FILE}).")
+    model = DoveLlavaForConditionalGeneration.from_pretrained(root).eval()
+    tower = model.model.vision_tower
+    if not isinstance(tower, DoveVisionTower):
+        raise TypeError(f"{root} has a {type(tower).__name__} vision tower, not a DOVE tower.")
+    return model, build_processor(tower, load_tokenizer(str(root)))
+
+
+def attach_adapter(model, adapter_dir: str | os.PathLike, is_trainable: bool = False):
+    """`PeftModel.from_pretrained` after `check_adapter`'s clear errors."""
+    from peft import PeftModel
+
+    check_adapter(adapter_dir, model)
+    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)
+
+
+def merge_adapter(peft_model, output_dir: str | os.PathLike, processor=None) -> Path:
+    """Merge the LoRA weights (and the trained projector) into a copy-free full model in `output_dir/merged`."""
+    merged = peft_model.merge_and_unload()
+    path = Path(output_dir) / MERGED_DIR
+    merged.save_pretrained(path)
+    if processor is not None:
+        processor.tokenizer.save_pretrained(path)
+    return path
+
+
+def projector_of(model):
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inner.model.multi_modal_projector
+
+

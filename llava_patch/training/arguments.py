@@ -1,0 +1,132 @@
+"""What `dove llava-train` reads: one dataclass, one `--flag` per field."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from dove_vlm.tower_settings import TowerMode, TowerSettings
+
+STAGES = ("base", "lora")
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(kw_only=True)
+class LlavaTrainingArguments(TowerSettings):
+    """Everything `train_llava` reads (one `--flag` per field in `dove llava-train`).
+
+    Args:
+        output_dir: checkpoints, the final model (base) or adapter + tower (lora), `metrics.json`.
+        stage: `base` (grid tower, full LM + projector trained) or `lora` (DOVE/Q-DOVE tower swapped into
+            `base_model`; LoRA on the LM, projector in `modules_to_save`).
+        tower: a DOVE checkpoint (`dove train` output) or a tower folder. Base stage: its VQGAN gives the grid
+            features; lora stage: the tower swapped in.
+        mode / num_tokens / feature / eos_threshold / min_tokens / max_tokens / query_min_tokens /
+            query_max_tokens / early_exit / chunk_size: the tower's settings ([`TowerSettings`], inherited: one
+            flag each). `mode` defaults to `grid` for the base stage and `adaptive` for lora (`query` for Q-DOVE,
+            `fixed` with `num_tokens`); `None` elsewhere keeps the checkpoint's value. Saved with the tower, so
+            evaluation and `generate` use them too (e.g. `min_tokens`, the floor on an image's length).
+        base_model: lora stage: a folder written by the base stage, or a LLaVA checkpoint (e.g. llava-1.5-7b-hf).
+        init_adapter: lora stage: start from the adapter and projector of an earlier lora stage on the same base
+            model (its `adapter/`; `lora_*` settings then come from it) instead of a fresh LoRA. For Q-DOVE, the
+            DOVE LoRA: Q-DOVE's null query is DOVE's code, and query codes trained toward the whole image
+            (`dove train --query-full-prob`) continue it, so that adapter already reads them. With it,
+            `max_steps=0` saves and scores the started adapter on this stage's tower as it is.
+        seed: data order, initialisation and the embedded scenes' seed.
+        num_train_scenes / questions_per_scene: the embedded VQA training set (`train` split).
+        captions: add a dense caption turn per training scene ("describe the image." → every object's colour,
+            shape and side), LLaVA's alignment data: it supervises every object at once, which teaches the
+            language model to read the visual tokens far faster than the short VQA answers alone.
+        turns_per_image: questions per training conversation about one image (LLaVA-style multi-turn; 1 = one
+            question per example). A query-mode (Q-DOVE) tower sees one question per image, so it needs 1.
+        eval_scenes / eval_questions_per_scene: the held-out questions (`test` split) scored at the end
+            (0 scenes skips the evaluation).
+        max_steps / batch_size / learning_rate / warmup_steps / weight_decay / gradient_accumulation_steps /
+            max_grad_norm / mixed_precision: the optimiser (AdamW, cosine schedule with warm-up).
+        hidden_size / num_hidden_layers / num_attention_heads / intermediate_size: the tiny Llama (base stage).
+        lora_r / lora_alpha / lora_dropout / lora_target_modules: the peft LoRA (comma-separated module names;
+            matched inside the language model only).
+        recompute_features: run the frozen tower on every batch instead of computing its features once per
+            (image, query) before training (same features, slower; for towers too large to cache).
+        checkpoint_every / keep_checkpoints / resume: periodic atomic checkpoints; continue from the newest.
+        merge: lora stage: also write `merged/`, the adapter merged into the base weights (a full model).
+        eval_batch_size: prompts per `generate` call in the evaluation.
+        log_every: steps between logged losses.
+    """
+
+    output_dir: str
+    stage: str = "base"
+    tower: str | None = None
+    base_model: str | None = None
+    init_adapter: str | None = None
+    seed: int = 0
+    num_train_scenes: int = 2000
+    questions_per_scene: int | None = None
+    captions: bool = False
+    turns_per_image: int = 1
+    eval_scenes: int = 250
+    eval_questions_per_scene: int | None = 2
+    max_steps: int = 1000
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.0
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"
+    hidden_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    intermediate_size: int = 256
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: str = ",".join(LORA_TARGETS)
+    recompute_features: bool = False
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    resume: bool = False
+    merge: bool = False
+    eval_batch_size: int = 64
+    log_every: int = 25
+
+    def __post_init__(self) -> None:
+        if self.mode is None:
+            self.mode = TowerMode.GRID if self.stage == "base" else TowerMode.ADAPTIVE
+        super().__post_init__()  # the tower settings: names, types and ranges
+        if self.stage not in STAGES:
+            raise ValueError(f"unknown stage {self.stage!r}; choose one of: {', '.join(STAGES)}.")
+        if self.tower is None:
+            raise ValueError("--tower is required: a DOVE checkpoint (`dove train` output) or a tower folder.")
+        if self.stage == "lora" and self.base_model is None:
+            raise ValueError("--stage lora needs --base-model: a folder written by `dove llava-train --stage base` "
+                             "or a LLaVA checkpoint.")
+        if self.init_adapter is not None and self.stage != "lora":
+            raise ValueError("--init-adapter starts a lora stage from an earlier one; use it with --stage lora.")
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}.")
+        if self.turns_per_image > 1 and self.mode is TowerMode.QUERY:
+            raise ValueError("mode='query' encodes each image for one question; use --turns-per-image 1.")
+        for name in ("max_steps", "batch_size", "turns_per_image", "checkpoint_every", "gradient_accumulation_steps", "eval_batch_size",
+                     "num_train_scenes", "lora_r"):
+            if name == "max_steps" and self.init_adapter is not None and self.max_steps == 0:
+                continue  # the started adapter as it is, on this stage's tower (saved and scored)
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}"
+                                 + (" (0 only with --init-adapter)." if name == "max_steps" else "."))
+
+    @property
+    def target_modules(self) -> list[str]:
+        return [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
+
+    @property
+    def tower_settings(self) -> TowerSettings:
+        """The tower settings part of these arguments."""
+        return TowerSettings.parse({name: getattr(self, name) for name in TowerSettings.names()})
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["mode"] = self.mode.value
+        return out
+
