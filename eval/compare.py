@@ -35,17 +35,47 @@ class LmmsEvalError(RuntimeError):
 
 
 def _write_task(records: list[dict], output_dir: Path, task_name: str) -> Path:
+    """The data file and the task YAML, both with absolute paths (lmms-eval reads them where they were written);
+    each record also keeps its image relative to `output_dir` (`image_relative`) where it lies inside it, so that
+    `materialize_task` re-resolves a moved or copied task folder."""
     from eval.tasks.dove_vqa.utils import validate_records
 
     validate_records(records, f"task {task_name}")
+    root = output_dir.resolve()
+    portable = []
+    for r in records:
+        image = Path(r["image"]).resolve()
+        relative = {"image_relative": str(image.relative_to(root))} if image.is_relative_to(root) else {}
+        portable.append(dict(r, image=str(image), **relative))
     data_file = output_dir / f"{task_name}.json"
-    data_file.write_text(json.dumps(records, indent=1))
-    task_dir = output_dir / "tasks"
+    data_file.write_text(json.dumps(portable, indent=1))
+    return _write_task_yaml(output_dir / "tasks", task_name, data_file.resolve())
+
+
+def _write_task_yaml(task_dir: Path, task_name: str, data_file: Path) -> Path:
     task_dir.mkdir(parents=True, exist_ok=True)
     task_yaml = task_dir / f"{task_name}.yaml"
     task_yaml.write_text(f"task: {task_name}\ninclude: {TEMPLATE}\ndataset_kwargs:\n  data_files:\n"
-                         f"    test: {data_file.resolve()}\n")
+                         f"    test: {data_file}\n")
     return task_yaml
+
+
+def materialize_task(task_yaml: str | os.PathLike, work_dir: str | os.PathLike) -> Path:
+    """A copy of an exported task in `work_dir/task/` with every path absolute and resolved now: this
+    installation's template, the data file beside the task folder (`tasks/NAME.yaml` → `NAME.json`) and each
+    image relative to the data file's folder. A task folder that was moved, copied or exported on another
+    machine then still runs. A task YAML not written by `dove eval export` is returned unchanged."""
+    task, include = task_of(task_yaml)
+    data_file = include.parent / f"{task}.json"
+    text = Path(task_yaml).read_text()
+    if "_default_template_yaml" not in text or not data_file.is_file():
+        return Path(task_yaml)
+    records = read_records(data_file)  # relative image paths resolved against the data file's folder
+    out = Path(work_dir).resolve() / "task"
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = out / f"{task}.json"
+    resolved.write_text(json.dumps(records, indent=1))
+    return _write_task_yaml(out / "tasks", task, resolved)
 
 
 def export_embedded(output_dir: str | os.PathLike, split: str = "test", num_scenes: int = 250, seed: int = 0,
@@ -96,6 +126,9 @@ def read_records(path: str | os.PathLike) -> list[dict]:
         r.setdefault("id", i)
         if isinstance(r.get("image"), str) and r["image"] and not os.path.isabs(r["image"]):
             r["image"] = str((path.parent / r["image"]).resolve())
+        moved = r.pop("image_relative", None)  # an exported task folder that was moved or copied
+        if moved and isinstance(r.get("image"), str) and not os.path.isfile(r["image"]):
+            r["image"] = str((path.parent / moved).resolve())
         out.append(r)
     return out
 
@@ -268,6 +301,7 @@ def run_rows(task_yaml: str | os.PathLike, specs: list[RunSpec], output_dir: str
     (`read_results`). With `reuse`, a row whose earlier run finished with the same `run_fingerprint` is read back
     instead of run again (`dove demo` runs the grid and DOVE rows while Q-DOVE still trains). Raises
     `LmmsEvalError` on the first failed run."""
+    task_yaml = materialize_task(task_yaml, output_dir)
     task, include = task_of(task_yaml)
     check_task_data(task_yaml)
     rows = []
@@ -395,16 +429,27 @@ def plot_comparison(comparison: dict, path: str | os.PathLike) -> None:
     plt.close(fig)
 
 
-def reference_accuracies(specs: list[RunSpec]) -> dict:
+def reference_accuracies(specs: list[RunSpec], task_yaml: str | os.PathLike) -> dict:
     """`{row name: accuracy}` from each model folder's `metrics.json` (`dove llava-train`'s own evaluation) for
-    the rows whose mode is the one the model was trained and evaluated in."""
+    the rows whose mode is the one the model was trained and evaluated in, and only when the task holds the very
+    questions that evaluation scored (the embedded test split exported with the same scenes, seed and questions
+    per scene). A user task gets no reference: the numbers would come from another data set."""
+    task, include = task_of(task_yaml)
+    params_file = include.parent / f"{task}.export.json"
+    if not params_file.is_file():
+        return {}
+    params = json.loads(params_file.read_text())
     ref = {}
     for spec in specs:
         metrics = Path(spec.pretrained) / "metrics.json"
         if not metrics.is_file():
             continue
         m = json.loads(metrics.read_text())
-        if m.get("mode") == spec.mode and "eval" in m:
+        args = m.get("args", {})
+        same_questions = (params.get("split") == "test" and params.get("num_scenes") == args.get("eval_scenes")
+                          and params.get("seed") == args.get("seed")
+                          and params.get("questions_per_scene") == args.get("eval_questions_per_scene"))
+        if m.get("mode") == spec.mode and "eval" in m and same_questions:
             ref[spec.name] = m["eval"]["accuracy"]
     return ref
 
@@ -470,7 +515,7 @@ def demo_comparison(demo_dir: str | os.PathLike, seed: int = 0, fixed_k: tuple[i
         if runs_only:
             run_rows(task_yaml, specs, root / "eval_compare", log=log)
             return None
-        comparison = compare(task_yaml, specs, root / "eval_compare", reference=reference_accuracies(specs), log=log)
+        comparison = compare(task_yaml, specs, root / "eval_compare", reference=reference_accuracies(specs, task_yaml), log=log)
     except LmmsEvalError as err:
         return None if runs_only else f"## lmms-eval comparison\n\nfailed: {err}"
     return (f"## lmms-eval comparison ({comparison['task']}, {root / 'eval_compare'})\n\n"

@@ -148,7 +148,7 @@ def _eval_compare(ns) -> int:
             raise ValueError(f"--modes names {', '.join(sorted(unknown))}, not among the runnable rows "
                              f"({', '.join(s.name for s in specs)}).")
         specs = [s for s in specs if s.name in wanted]
-    reference = reference_accuracies(specs)
+    reference = reference_accuracies(specs, ns.task)
     if ns.reference_eval:  # the LLaVA evaluation (evaluate_vqa) on the same models and questions, in process
         from eval.compare import reference_evaluation
 

@@ -139,11 +139,12 @@ def resolve_base_model(root: str | os.PathLike, info: dict[str, Any]) -> str:
                          "`dove llava-train --stage base`).")
     if "hub_id" in entry:
         return entry["hub_id"]
-    tried = []
-    for candidate in (root / entry.get("relative", ""), Path(entry.get("absolute", ""))):
-        tried.append(str(candidate))
-        if entry.get("relative") is not None and (candidate / "config.json").is_file():
+    tried = [root / entry["relative"]] if entry.get("relative") else []
+    tried += [Path(entry["absolute"])] if entry.get("absolute") else []
+    for candidate in tried:
+        if (candidate / "config.json").is_file():
             return str(candidate)
+    tried = [str(c) for c in tried]
     raise FileNotFoundError(f"the base model of the LoRA stage in {root} is missing: looked for it at "
                             f"{' and '.join(dict.fromkeys(tried))}. Move it back beside the stage, or pass "
                             "base_model=PATH (lmms-eval: --model_args pretrained=...,base_model=PATH).")
