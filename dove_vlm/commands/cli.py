@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import enum
 import json
 import sys
 import typing
@@ -24,11 +25,25 @@ def _add_dataclass_arguments(parser: argparse.ArgumentParser, cls, skip=()) -> N
         kind = hints[f.name]
         base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
         default = None if f.default is dataclasses.MISSING else f.default
-        if base is bool:
+        if base is bool and default is None:  # an optional switch: `--flag true|false`, unset keeps the saved value
+            parser.add_argument(flag, type=_boolean, default=None, metavar="true|false", help=f.metadata.get("help"))
+        elif base is bool:
             parser.add_argument(flag, action="store_true", default=bool(default), help=f.metadata.get("help"))
+        elif isinstance(base, type) and issubclass(base, enum.Enum):
+            parser.add_argument(flag, type=str, default=None if default is None else default.value,
+                                metavar="|".join(m.value for m in base), help=f.metadata.get("help"))
         else:
             parser.add_argument(flag, type=base, default=default, required=f.default is dataclasses.MISSING
                                 and f.default_factory is dataclasses.MISSING, help=f.metadata.get("help"))
+
+
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def json_object(text: str) -> dict:
