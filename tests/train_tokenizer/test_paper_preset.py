@@ -36,6 +36,17 @@ def test_paper_defaults_for_a_gpu_user(monkeypatch, torch_home):
     assert TrainingArguments("x", preset="paper", allow_random_lpips=True, mixed_precision="no").mixed_precision == "no"
 
 
+def test_vqgan_gradient_checkpointing_flag_reaches_the_decoder(micro_model, tmp_path):
+    from dove_vlm.vqgan import decoder_checkpointing
+    from train_tokenizer.recipe import configure_training
+
+    args = TrainingArguments(str(tmp_path), preset="tiny", vqgan_gradient_checkpointing=True)
+    configure_training(micro_model, args, torch.device("cpu"))
+    assert decoder_checkpointing(micro_model.vqgan)
+    configure_training(micro_model, TrainingArguments(str(tmp_path), preset="tiny"), torch.device("cpu"))
+    assert not decoder_checkpointing(micro_model.vqgan)
+
+
 def test_tf32_only_on_cuda():
     matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
     before = matmul.fp32_precision, conv.fp32_precision
