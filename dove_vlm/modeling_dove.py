@@ -17,7 +17,7 @@ from diffusers import VQModel
 from torch import nn
 from transformers import DynamicCache, GPTNeoXConfig, GPTNeoXModel, PreTrainedModel
 
-from .checkpoints import check_checkpoint_dir, looks_local
+from .checkpoints import check_checkpoint_dir, looks_local, weights_problem
 from .configuration_dove import DoveConfig
 from .modeling_dove_blocks import (  # noqa: F401  (re-exported: the public names live here too)
     DoveDecoderOutput,
@@ -32,9 +32,8 @@ from .modeling_dove_blocks import (  # noqa: F401  (re-exported: the public name
     lengths_from_p_eos,
     sinusoidal_embeddings,
 )
-
-
-QUERY_TOKENIZER_DIR = "query_tokenizer"
+from .query_tokenizer import QUERY_TOKENIZER_DIR, load_saved_query_tokenizer
+from .vqgan import decode_continuous
 
 
 class DovePreTrainedModel(PreTrainedModel):
@@ -55,7 +54,7 @@ class DovePreTrainedModel(PreTrainedModel):
         try:
             model, info = super().from_pretrained(source, *model_args, output_loading_info=True, **kwargs)
         except (OSError, RuntimeError, ValueError, json.JSONDecodeError) as err:
-            raise ValueError(f"cannot load the DOVE checkpoint {source!r}: {err}") from err
+            raise ValueError(f"cannot load the DOVE checkpoint {source!r}: {weights_problem(source) or err}") from err
         except Exception as err:  # safetensors raises its own SafetensorError for corrupt files
             if type(err).__name__ != "SafetensorError":
                 raise
@@ -72,11 +71,10 @@ class DovePreTrainedModel(PreTrainedModel):
                              "saved from a diverged run — use an earlier checkpoint.")
         if getattr(model.config, "freeze_vqgan", False):
             model.vqgan.requires_grad_(False)  # loading re-creates parameters (requires_grad=True)
-        tokenizer_dir = os.path.join(source, QUERY_TOKENIZER_DIR)
-        if getattr(model, "supports_queries", False) and os.path.isdir(tokenizer_dir):
-            from transformers import AutoTokenizer
-
-            model.set_query_tokenizer(AutoTokenizer.from_pretrained(tokenizer_dir))
+        if getattr(model, "supports_queries", False):
+            tokenizer = load_saved_query_tokenizer(source, **kwargs)
+            if tokenizer is not None:
+                model.set_query_tokenizer(tokenizer)
         return (model, info) if want_info else model
 
     @torch.no_grad()
@@ -176,8 +174,8 @@ class DoveModel(DovePreTrainedModel):
             return torch.cat([self.vqgan.encode(image[None]).latents for image in pixel_values])
 
     def latents_to_pixels(self, latents: torch.Tensor) -> torch.Tensor:
-        """VQGAN decoder on continuous latents (the codebook is skipped), unclamped."""
-        return self.vqgan.decode(latents, force_not_quantize=True).sample
+        """VQGAN decoder on continuous latents (the codebook is skipped for any VQGAN config), unclamped."""
+        return decode_continuous(self.vqgan, latents)
 
     def _latent_statistics(self, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # From the config on each call (C numbers): buffers would not survive meta-device loading.

@@ -29,6 +29,18 @@ TINY_VQGAN_CONFIG: dict[str, Any] = {
     "sample_size": 32,
 }
 
+# The paper preset at micro widths, for CPU tests and `benchmarks/paper_preset.py --micro`: an aMUSEd-shaped VQGAN
+# (five blocks, f=16, `lookup_from_codebook`, spatial 64 px → 4×4 latents) and very narrow transformers.
+MICRO_AMUSED_VQGAN_CONFIG: dict[str, Any] = dict(
+    AMUSED_VQGAN_CONFIG, block_out_channels=[8, 8, 16, 16, 32], layers_per_block=1, latent_channels=8,
+    num_vq_embeddings=64, norm_num_groups=4, sample_size=64,
+)
+PAPER_MICRO_OVERRIDES: dict[str, Any] = dict(
+    image_size=64, vqgan_config=MICRO_AMUSED_VQGAN_CONFIG, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    intermediate_size=64, decoder_hidden_size=32, decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
+    decoder_intermediate_size=64, max_tokens=8,
+)
+
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "model": {
@@ -65,6 +77,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "lpips_weight": 0.1,
             "latent_weight": 1.0,
             "gan_weight": 0.0,
+            "mixed_precision": "no",
             "checkpoint_every": 500,
             "eval_scenes": 200,
         },
@@ -95,10 +108,14 @@ PRESETS: dict[str, dict[str, Any]] = {
             "eos_weight_end": 1.0,
             "eos_warmup_steps": 5000,
             "eos_ramp_steps": 50_000,
-            "truncation_prob": 0.0,
+            # Beyond the paper (which trains at the adaptive lengths only): a quarter of the samples decode from a
+            # random prefix, so every prefix decodes (the length knob, fixed-k baselines and `dove report`'s curve).
+            "truncation_prob": 0.25,
             "lpips_weight": 0.1,
             "latent_weight": 0.0,
             "gan_weight": 5e-10,
+            "mixed_precision": "auto",  # bf16 autocast (TF32 for the fp32 parts) on CUDA, fp32 on the CPU
+            "refuse_random_lpips": True,  # the real AlexNet trunk, or --allow-random-lpips
             "checkpoint_every": 2000,
             "eval_scenes": 200,
         },

@@ -11,7 +11,29 @@ from collections.abc import Iterable
 
 from transformers import PreTrainedTokenizerFast
 
+from .checkpoints import has_file
+
 PAD, UNK = "[PAD]", "[UNK]"
+# Where a Q-DOVE checkpoint (DOVE, tower or LLaVA folder) keeps its query tokenizer.
+QUERY_TOKENIZER_DIR = "query_tokenizer"
+# `from_pretrained` options that also say where the tokenizer is (the rest are the model's own).
+_HUB_OPTIONS = ("cache_dir", "revision", "token", "local_files_only", "force_download")
+
+
+def load_saved_query_tokenizer(source, **options):
+    """The query tokenizer saved beside a checkpoint (`source/query_tokenizer/`), for a local folder or a hub id
+    alike (`AutoTokenizer.from_pretrained(source, subfolder="query_tokenizer")`, through the Hugging Face cache);
+    `None` when the checkpoint has none. `options` may hold the model's `from_pretrained` keywords: those that
+    locate files (revision, cache_dir, token, ...) are passed on."""
+    from transformers import AutoTokenizer, PretrainedConfig
+
+    source = str(source)
+    if not has_file(source, "tokenizer_config.json", QUERY_TOKENIZER_DIR):
+        return None
+    hub = {key: options[key] for key in _HUB_OPTIONS if options.get(key) is not None}
+    # The tokenizer class comes from its tokenizer_config.json. Without `config`, AutoTokenizer first looks for a
+    # model config.json inside the subfolder, which for a hub id offline is a connection error, not "absent".
+    return AutoTokenizer.from_pretrained(source, subfolder=QUERY_TOKENIZER_DIR, config=PretrainedConfig(), **hub)
 
 
 def build_word_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:

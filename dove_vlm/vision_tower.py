@@ -17,8 +17,10 @@ from transformers.utils import ModelOutput
 
 from .configuration_dove import DoveConfig
 from .image_processing_dove import DoveImageProcessor
-from .checkpoints import local_model_type
+from .checkpoints import model_type as checkpoint_model_type
+from .checkpoints import weights_problem
 from .modeling_dove import QUERY_TOKENIZER_DIR, DoveModel
+from .query_tokenizer import load_saved_query_tokenizer
 from .tower_settings import TowerMode, TowerSettings
 
 
@@ -336,7 +338,7 @@ class DoveVisionTower(PreTrainedModel):
             for key, value in overrides.items():
                 setattr(config, key, value)
             return cls._load_tower(source, model_args, config=config, **kwargs)
-        model_type = local_model_type(source)
+        model_type = checkpoint_model_type(source)
         if model_type == DoveConfig.model_type:
             dove = DoveModel.from_pretrained(source, *model_args, **kwargs)
             return cls(DoveVisionTowerConfig(dove_config=dove.config, **overrides), dove=dove)
@@ -349,17 +351,22 @@ class DoveVisionTower(PreTrainedModel):
     def _load_tower(cls, source, model_args, **kwargs):
         want_info = kwargs.pop("output_loading_info", False)
         kwargs.setdefault("use_safetensors", True)  # never unpickle a `pytorch_model.bin` someone handed over
-        tower, info = super().from_pretrained(source, *model_args, output_loading_info=True, **kwargs)
+        try:
+            tower, info = super().from_pretrained(source, *model_args, output_loading_info=True, **kwargs)
+        except OSError as err:
+            problem = weights_problem(source)
+            if problem is None:
+                raise
+            raise ValueError(f"cannot load the DOVE tower {source!r}: {problem}") from err
         bad = {k: list(v)[:3] for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
         if bad:
             raise ValueError(f"the weights in {source!r} do not match its tower config ({bad}).")
         tower.config.validate_tower()
         tower.freeze()
-        tokenizer_dir = os.path.join(source, QUERY_TOKENIZER_DIR)
-        if tower.dove.supports_queries and os.path.isdir(tokenizer_dir):
-            from transformers import AutoTokenizer
-
-            tower.dove.set_query_tokenizer(AutoTokenizer.from_pretrained(tokenizer_dir))
+        if tower.dove.supports_queries:
+            tokenizer = load_saved_query_tokenizer(source, **kwargs)
+            if tokenizer is not None:
+                tower.dove.set_query_tokenizer(tokenizer)
         return (tower, info) if want_info else tower
 
 

@@ -18,10 +18,17 @@ class TrainingArguments:
         preset: `tiny` or `paper` (model shape and training recipe).
         data: `synthetic`, `synthetic:N`, an image folder, a `datasets` save_to_disk folder or `hf:NAME[:SPLIT]`.
         max_steps / batch_size / learning_rate / warmup_steps / gradient_accumulation_steps: the optimiser.
-        mixed_precision: `no` (fp32) or `bf16` (fp16 is refused: the paper trains in bf16 or fp32).
+        mixed_precision: `no` (fp32), `bf16` (fp16 is refused: the paper trains in bf16 or fp32) or `auto`: bf16
+            autocast on a CUDA device with bf16, fp32 elsewhere (the paper preset's default; tiny: `no`). On CUDA,
+            fp32 matmuls and convolutions use TF32 either way.
         vqgan / generator_init: pretrained parts (folder or hub id); without `vqgan`, the preset's VQGAN stage
             trains a VQGAN for `vqgan_steps` on the data first, then freezes it.
-        lpips_trunk: local VGG/AlexNet trunk weights for LPIPS (a random trunk is used otherwise).
+        lpips_trunk: local VGG/AlexNet trunk weights for LPIPS; without it torchvision's cached ImageNet weights
+            are used when present, else a random trunk — which the paper preset refuses unless
+            `allow_random_lpips` (the tiny preset allows it and says so).
+        allow_random_lpips: let a preset that needs the real LPIPS trunk (paper) train with a random one.
+        vqgan_gradient_checkpointing: recompute the frozen VQGAN decoder's activations in the backward pass
+            (diffusers' gradient checkpointing): less memory per step at 256 px, ~one more decoder pass of time.
         latent_weight: weight of an auxiliary MSE between predicted and true (normalised) VQGAN latents. Beyond
             the paper: the frozen VQGAN decoder makes the pixel loss badly conditioned for small models, and
             the latent target speeds up learning; the EOS loss and its threshold still use the paper's L_rec.
@@ -72,7 +79,7 @@ class TrainingArguments:
     weight_decay: float = 0.0
     gradient_accumulation_steps: int = 1
     max_grad_norm: float = 1.0
-    mixed_precision: str = "no"
+    mixed_precision: str | None = None
     num_train_scenes: int | None = None
     vqgan: str | None = None
     vqgan_steps: int | None = None
@@ -80,6 +87,8 @@ class TrainingArguments:
     vqgan_learning_rate: float | None = None
     generator_init: str | None = None
     lpips_trunk: str | None = None
+    allow_random_lpips: bool = False
+    vqgan_gradient_checkpointing: bool = False
     lpips_weight: float | None = None
     gan_weight: float | None = None
     mse_weight: float = 1.0
@@ -114,8 +123,15 @@ class TrainingArguments:
         for key, value in preset_training(self.preset).items():
             if getattr(self, key, None) is None and hasattr(self, key):
                 setattr(self, key, value)
-        if self.mixed_precision not in ("no", "bf16"):
-            raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r} (fp16 overflows here).")
+        if self.mixed_precision not in ("no", "bf16", "auto"):
+            raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'auto', got {self.mixed_precision!r} (fp16 "
+                             "overflows here).")
+        if self.mixed_precision == "auto":
+            self.mixed_precision = auto_precision()
+        if self.lpips_weight > 0 and not self.lpips_trunk and not self.random_lpips_allowed:
+            from .losses import require_lpips_trunk
+
+            require_lpips_trunk()  # before any work: the paper preset refuses a random LPIPS trunk
         if not 0.0 <= self.query_null_prob <= 1.0:
             raise ValueError(f"query_null_prob must be in [0, 1], got {self.query_null_prob}.")
         if self.query_threshold not in ("teacher", "running"):
@@ -133,5 +149,17 @@ class TrainingArguments:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
 
+    @property
+    def random_lpips_allowed(self) -> bool:
+        """Whether LPIPS may use a random trunk: `allow_random_lpips`, or a preset that does not refuse it."""
+        return self.allow_random_lpips or not preset_training(self.preset).get("refuse_random_lpips", False)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def auto_precision() -> str:
+    """`bf16` where a CUDA device supports it, else `no` (fp32: the CPU)."""
+    import torch
+
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"

@@ -4,6 +4,7 @@ its dynamic threshold, and the growing λ_eos schedule."""
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections import deque
 from dataclasses import dataclass
@@ -22,23 +23,60 @@ class ReconstructionLossOutput:
     gan: torch.Tensor | None = None
 
 
-def build_lpips(net: str = "alex", trunk_weights: str | None = None) -> nn.Module:
-    """LPIPS from the `lpips` package with its shipped linear calibration layers.
+# torchvision's ImageNet weights of the LPIPS trunks (what `lpips.LPIPS(pnet_rand=False)` would download).
+TRUNK_WEIGHTS = {"alex": "AlexNet_Weights.IMAGENET1K_V1", "vgg": "VGG16_Weights.IMAGENET1K_V1"}
 
-    The backbone (AlexNet/VGG) weights come from torchvision's hub, which is not reachable here, so the
-    backbone is random unless `trunk_weights` points at a local torchvision state dict. A random backbone
-    still gives a useful perceptual (random-feature) loss; a warning says which one is in use."""
+
+class RandomLpipsTrunkError(ValueError):
+    """LPIPS would use a random trunk where a real one is required (the paper preset)."""
+
+
+def cached_trunk_weights(net: str = "alex") -> tuple[str | None, str]:
+    """`(path or None, where torchvision keeps it)`: torchvision's ImageNet weights of the LPIPS trunk `net` when
+    they are in its cache — the file `load_state_dict_from_url` reads before downloading
+    (`$TORCH_HOME/hub/checkpoints/<name of the weights URL>`). Nothing is downloaded."""
+    from torchvision.models import get_weight
+
+    url = get_weight(TRUNK_WEIGHTS[net]).url
+    path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
+    return (path if os.path.isfile(path) else None), path
+
+
+def require_lpips_trunk(net: str = "alex", trunk_weights: str | None = None) -> str:
+    """The trunk weights file LPIPS will use (`trunk_weights`, else torchvision's cached one), or a
+    `RandomLpipsTrunkError` saying how to provide one."""
+    cached, expected = cached_trunk_weights(net) if net in TRUNK_WEIGHTS else (None, "")
+    if trunk_weights or cached:
+        return trunk_weights or cached
+    raise RandomLpipsTrunkError(
+        f"LPIPS would use a random {net} trunk: no --lpips-trunk file was given and torchvision's ImageNet weights "
+        f"are not in its cache ({expected}). The paper preset needs the real trunk: put torchvision's file there (it "
+        f"is what `torchvision.models.get_weight('{TRUNK_WEIGHTS.get(net, net)}').get_state_dict()` downloads), or "
+        "pass --lpips-trunk FILE; to train with a random-feature LPIPS anyway, pass --allow-random-lpips.")
+
+
+def build_lpips(net: str = "alex", trunk_weights: str | None = None, allow_random: bool = True) -> nn.Module:
+    """LPIPS from the `lpips` package with its shipped linear calibration layers and, for the trunk (AlexNet/VGG),
+    the first of: `trunk_weights` (a local torchvision state dict), torchvision's own cached ImageNet weights
+    (`cached_trunk_weights`), else a random trunk. `lpips.LPIPS(pnet_rand=False)` would download the weights (and
+    fail offline), so the trunk is always built random and then loaded from the file found.
+
+    A random trunk still gives a useful perceptual (random-feature) loss and is allowed unless `allow_random` is
+    False (the paper preset), where it is a `RandomLpipsTrunkError` saying how to get the real one. A warning says
+    when the trunk is random. `model.trunk_source` is the weights file used, or None for a random trunk."""
     try:
         import lpips  # imports torchvision, which dove-vlm needs only here
     except (ImportError, RuntimeError) as err:
         raise ImportError(f"LPIPS needs the `lpips` package with a torchvision that matches torch ({err}); "
                           "reinstall them together, or train with --lpips-weight 0.") from err
 
+    cached, expected = cached_trunk_weights(net) if net in TRUNK_WEIGHTS else (None, "")
+    source = trunk_weights or cached or (None if allow_random else require_lpips_trunk(net))
     with warnings.catch_warnings():  # torchvision's deprecation notes about `pretrained=` inside lpips
         warnings.simplefilter("ignore", UserWarning)
         model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
-    if trunk_weights:
-        state = torch.load(trunk_weights, map_location="cpu", weights_only=True)
+    if source:
+        state = torch.load(source, map_location="cpu", weights_only=True)
         trunk = model.net
         # lpips splits torchvision's `features` into slices that keep the original layer indices.
         own = {f"{name}": p for name, p in trunk.named_parameters()}
@@ -53,11 +91,13 @@ def build_lpips(net: str = "alex", trunk_weights: str | None = None) -> nn.Modul
                     mapped[name] = value
         missing = set(own) - set(mapped)
         if missing:
-            raise ValueError(f"{trunk_weights} does not hold torchvision {net} weights (missing {sorted(missing)[:3]}...).")
+            raise ValueError(f"{source} does not hold torchvision {net} weights (missing {sorted(missing)[:3]}...).")
         trunk.load_state_dict({**trunk.state_dict(), **mapped})
     else:
-        warnings.warn(f"LPIPS uses a random {net} backbone (no local weights given via lpips_trunk_weights); "
-                      "its linear layers are the package's calibrated ones.", stacklevel=2)
+        warnings.warn(f"LPIPS uses a random {net} backbone (no local weights given via lpips_trunk_weights, none in "
+                      f"torchvision's cache at {expected}); its linear layers are the package's calibrated ones.",
+                      stacklevel=2)
+    model.trunk_source = source
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()
@@ -86,10 +126,11 @@ class ReconstructionLoss(nn.Module):
     """`L_rec = mse_weight·MSE + lpips_weight·LPIPS + gan_weight·GAN`, per image and averaged."""
 
     def __init__(self, mse_weight: float = 1.0, lpips_weight: float = 0.1, gan_weight: float = 5e-10,
-                 lpips_net: str = "alex", lpips_trunk_weights: str | None = None, use_gan: bool | None = None):
+                 lpips_net: str = "alex", lpips_trunk_weights: str | None = None, use_gan: bool | None = None,
+                 allow_random_lpips: bool = True):
         super().__init__()
         self.mse_weight, self.lpips_weight, self.gan_weight = mse_weight, lpips_weight, gan_weight
-        self.lpips = build_lpips(lpips_net, lpips_trunk_weights) if lpips_weight > 0 else None
+        self.lpips = build_lpips(lpips_net, lpips_trunk_weights, allow_random_lpips) if lpips_weight > 0 else None
         use_gan = gan_weight > 0 if use_gan is None else use_gan
         self.discriminator = PatchDiscriminator() if use_gan else None
 

@@ -36,9 +36,10 @@ from .checkpointing import (
 from .config import TrainingArguments
 from .data import batch_indices, build_training_dataset, cached_latents, get_batch
 from .evaluate import evaluate_queries, evaluate_tokenizer
-from .losses import DynamicThreshold, EosWeightSchedule, ReconstructionLoss, eos_loss
+from .losses import DynamicThreshold, EosWeightSchedule, eos_loss
 from .plots import write_plots
 from .query import GroundingTrainingSet, box_mask, query_loss
+from .recipe import build_reconstruction_loss, configure_training, seeded
 from .vqgan_stage import train_vqgan
 
 
@@ -114,7 +115,7 @@ def build_model(args: TrainingArguments, resume_from: Path | None) -> DoveModel:
     if args.init_from:
         model = DoveModel.from_pretrained(args.init_from)
         if args.query and not model.supports_queries:
-            model = add_query_embedding(model, load_query_tokenizer(args))
+            model = add_query_embedding(model, load_query_tokenizer(args), args.seed)
         return model
     overrides = dict(args.model_overrides)
     tokenizer = load_query_tokenizer(args) if args.query else None
@@ -130,12 +131,12 @@ def build_model(args: TrainingArguments, resume_from: Path | None) -> DoveModel:
     return model
 
 
-def add_query_embedding(model: DoveModel, tokenizer) -> DoveModel:
-    """A Q-DOVE model holding every weight of the plain DOVE `model`, plus a new query embedding."""
+def add_query_embedding(model: DoveModel, tokenizer, seed: int = 0) -> DoveModel:
+    """A Q-DOVE model holding every weight of the plain DOVE `model`, plus a new query embedding (seeded by `seed`)."""
     config = copy.deepcopy(model.config)
     config.query_vocab_size = len(tokenizer)
-    torch.manual_seed(0)
-    queried = DoveModel(config)
+    with seeded(seed, "query_embedding"):
+        queried = DoveModel(config)
     result = queried.load_state_dict(model.state_dict(), strict=False)
     unexpected = [k for k in result.missing_keys if not k.startswith("query_embed.")] + list(result.unexpected_keys)
     if unexpected:
@@ -172,6 +173,7 @@ def train(args: TrainingArguments, step_callback: Callable[[int], None] | None =
     start_step = state.get("step", 0)
 
     model = build_model(args, resume_from)
+    configure_training(model, args, accelerator.device)
     if accelerator.is_main_process:
         check_disk_space(output_dir, checkpoint_bytes(model, args.keep_checkpoints),
                          f" for {args.keep_checkpoints + 1} checkpoints and the final model")
@@ -186,10 +188,7 @@ def train(args: TrainingArguments, step_callback: Callable[[int], None] | None =
         sample = batch_indices(len(dataset), min(len(dataset), 1024), 0, args.seed + 13)
         model.set_latent_statistics(get_batch(dataset, sample))
 
-    rec_loss = ReconstructionLoss(
-        mse_weight=args.mse_weight, lpips_weight=args.lpips_weight, gan_weight=args.gan_weight,
-        lpips_trunk_weights=args.lpips_trunk, use_gan=args.gan_weight > 0,
-    )
+    rec_loss = build_reconstruction_loss(args, accelerator.print)
     if args.freeze_decoder:
         model.token_decoder.requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -14,6 +14,8 @@ import torch
 from diffusers import VQModel
 from tqdm.auto import tqdm
 
+from dove_vlm.vqgan import decode_continuous
+
 from .data import batch_indices, get_batch
 
 VQGAN_DIR = "vqgan"
@@ -45,7 +47,7 @@ def train_vqgan(
         images = get_batch(dataset, batch_indices(len(dataset), batch_size, step, seed + 7)).to(device)
         latents = vqgan.encode(images).latents
         quantized = vqgan.decode(latents)
-        continuous = vqgan.decode(latents, force_not_quantize=True).sample
+        continuous = decode_continuous(vqgan, latents)
         mse = torch.nn.functional.mse_loss(continuous, images)
         # DOVE reads the continuous latents, so their reconstruction dominates; the quantised path keeps the
         # codebook meaningful (the VQGAN stays a usable VQGAN) at a tenth of the weight.

@@ -25,6 +25,7 @@ from transformers.models.llava.modeling_llava import (
 from transformers.utils.deprecation import deprecate_kwarg
 
 from ..modeling_dove import QUERY_TOKENIZER_DIR
+from ..query_tokenizer import load_saved_query_tokenizer
 from ..vision_tower import DoveVisionTower
 from .configuration_dove_llava import DoveLlavaConfig
 
@@ -273,11 +274,10 @@ class DoveLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         tower = loaded.model.vision_tower
         if isinstance(tower, DoveVisionTower):
             tower.freeze()
-            tokenizer_dir = os.path.join(str(pretrained_model_name_or_path), QUERY_TOKENIZER_DIR)
-            if tower.dove.supports_queries and os.path.isdir(tokenizer_dir):
-                from transformers import AutoTokenizer
-
-                tower.dove.set_query_tokenizer(AutoTokenizer.from_pretrained(tokenizer_dir))
+            tokenizer = load_saved_query_tokenizer(pretrained_model_name_or_path, **kwargs) \
+                if tower.dove.supports_queries else None
+            if tokenizer is not None:
+                tower.dove.set_query_tokenizer(tokenizer)
         return model
 
 
