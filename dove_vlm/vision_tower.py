@@ -17,7 +17,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_dove import DoveConfig
 from .image_processing_dove import DoveImageProcessor
-from .checkpoints import local_model_type
+from .checkpoints import local_model_type, quiet_loading
 from .modeling_dove import QUERY_TOKENIZER_DIR, DoveModel
 from .tower_settings import TowerMode, TowerSettings
 
@@ -349,7 +349,8 @@ class DoveVisionTower(PreTrainedModel):
     def _load_tower(cls, source, model_args, **kwargs):
         want_info = kwargs.pop("output_loading_info", False)
         kwargs.setdefault("use_safetensors", True)  # never unpickle a `pytorch_model.bin` someone handed over
-        tower, info = super().from_pretrained(source, *model_args, output_loading_info=True, **kwargs)
+        with quiet_loading():  # mismatches are raised below as one error, not a per-key report
+            tower, info = super().from_pretrained(source, *model_args, output_loading_info=True, **kwargs)
         bad = {k: list(v)[:3] for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
         if bad:
             raise ValueError(f"the weights in {source!r} do not match its tower config ({bad}).")
