@@ -86,9 +86,13 @@ def _holder(root: Path) -> str:
     try:
         info = json.loads((root / HOLDER_FILE).read_text())
         return (f"pid {info['pid']} on host {info['host']}, started {info['started']}"
-                + (f": {info['command']}" if info.get("command") else ""))
+                + (f": {_short(info['command'])}" if info.get("command") else ""))
     except (OSError, ValueError, KeyError, TypeError):
         return "a process whose details are not recorded"
+
+
+def _short(text: str, limit: int = 100) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _try_lock(path: Path):

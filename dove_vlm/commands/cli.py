@@ -115,7 +115,7 @@ def _train(ns: argparse.Namespace) -> int:
     args.check_inputs()  # files and folders
     note = _note("train")
     with claim(args.output_dir, inputs=args.inputs(), resume=args.resume, overwrite=ns.overwrite,
-               previous=TRAIN_OUTPUTS, log=note):
+               previous=TRAIN_OUTPUTS, log=note, command=ns.command_line):
         if args.resume:
             check_resume(args.output_dir, args.to_dict(), TRAIN_FIXED, note)
         metrics = train(args)
@@ -133,7 +133,7 @@ def _llava_train(ns: argparse.Namespace) -> int:
     args.check_inputs()
     note = _note("llava-train")
     with claim(args.output_dir, inputs=args.inputs(), resume=args.resume, overwrite=ns.overwrite,
-               previous=LLAVA_OUTPUTS, log=note):
+               previous=LLAVA_OUTPUTS, log=note, command=ns.command_line):
         if args.resume:
             check_resume(args.output_dir, args.to_dict(), LLAVA_FIXED, note)
         metrics = train_llava(args)
@@ -186,7 +186,7 @@ def _report(ns: argparse.Namespace) -> int:
     config = _from_namespace(ReportConfig, ns)
     config.check_inputs()
     with claim(config.output_dir, inputs=config.inputs(), overwrite=ns.overwrite, previous=REPORT_OUTPUTS,
-               resume_hint=None, log=_note("report")):
+               resume_hint=None, log=_note("report"), command=ns.command_line):
         report = run_report(config)
     print(format_report_summary(report, config.output_dir))
     return 0
@@ -198,7 +198,8 @@ def _demo(ns: argparse.Namespace) -> int:
     from .validation import check_demo
 
     check_demo(ns)
-    with claim(ns.output_dir, resume=True):  # the demo resumes (or reuses) each stage by design
+    # The demo resumes (or reuses) each of its stages by design.
+    with claim(ns.output_dir, resume=True, command=ns.command_line):
         report = run_demo(ns.output_dir, seed=ns.seed, llava=not ns.no_llava, jobs=ns.jobs)
     print("\n" + report)
     return 0
@@ -213,7 +214,7 @@ def _eval_export(ns) -> int:
     check_export(ns)
     task_name = ns.task_name or (default_task_name(ns.from_file) if ns.from_file else f"dove_vqa_{ns.split}")
     # A folder may hold several tasks; this one's files are only replaced with --overwrite.
-    with claim(ns.output_dir, inputs={"--from-file": ns.from_file}, resume=True):
+    with claim(ns.output_dir, inputs={"--from-file": ns.from_file}, resume=True, command=ns.command_line):
         existing = [str(f) for f in task_files(ns.output_dir, task_name) if f.exists()]
         if existing and not ns.overwrite:
             raise RunFolderError(f"task {task_name} is already exported in {ns.output_dir} ({', '.join(existing)}); "
@@ -248,7 +249,7 @@ def _eval_compare(ns) -> int:
     inputs = {"--task": ns.task, "--grid-model": ns.grid_model, "--dove-model": ns.dove_model,
               "--qdove-model": ns.qdove_model, **{f"task data {f}": f for f in data_files}}
     # Finished rows are reused by design (same model files, task and options; --rerun runs them again).
-    with claim(ns.output_dir, inputs=inputs, resume=True):
+    with claim(ns.output_dir, inputs=inputs, resume=True, command=ns.command_line):
         reference = reference_accuracies(specs)
         if ns.reference_eval:  # the LLaVA evaluation (evaluate_vqa) on the same models and questions, in process
             from eval.compare import reference_evaluation
@@ -398,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     ns = parser.parse_args(argv)
+    ns.command_line = " ".join(["dove", *(sys.argv[1:] if argv is None else map(str, argv))])
     command = ns.command + (f" {ns.eval_command}" if ns.command == "eval" else "")
     if getattr(ns, "preset", None) is not None and ns.preset not in PRESETS:
         parser.error(f"unknown preset {ns.preset!r}; choose one of: {', '.join(sorted(PRESETS))}")

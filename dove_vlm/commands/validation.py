@@ -45,7 +45,7 @@ INTERRUPTED = {
 
 
 def interrupted_advice(command: str) -> str:
-    return INTERRUPTED.get(command, "interrupted; nothing was resumed or kept half-written, rerun the command")
+    return INTERRUPTED.get(command, "interrupted")
 
 
 def check_resume(output_dir: str | os.PathLike, args: dict, fixed: tuple[str, ...], log) -> None:
@@ -247,6 +247,9 @@ def check_llava_folder(path: str, name: str, row: str) -> int | None:
     if row == "grid" and (kind != "dove_llava" or vision.get("mode") != "grid"):
         raise ValueError(f"{name} {path} was not trained on the grid tower; pass a `dove llava-train --stage base` "
                          "folder.")
+    if row != "grid" and vision.get("mode") == "grid":
+        raise ValueError(f"{name} {path} was trained on the grid tower (a base stage); the {'Q-DOVE' if row == 'qdove' else 'DOVE'} rows need a "
+                         "`dove llava-train --stage lora` folder trained on a DOVE tower.")
     if row == "qdove" and not supports_queries(path):
         raise ValueError(f"{name} {path} has a plain DOVE tower; the query rows need one trained on Q-DOVE "
                          "(`dove llava-train --tower QDOVE_CHECKPOINT --mode query`).")

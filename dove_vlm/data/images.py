@@ -4,6 +4,7 @@ common mode (grey, grey+alpha, palette, RGBA, CMYK, 16-bit, float) becomes 8-bit
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -64,13 +65,24 @@ def _open_error(path: Path, err: BaseException) -> Exception:
     return ImageLoadError(f"{path} is a corrupt or truncated image ({err}); re-export or remove it.")
 
 
+@contextmanager
+def _own_size_check():
+    """PIL's bomb check off while a file opens here: `check_image_pixels` then refuses it with its size."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """`(width, height)` of an image file from its header (nothing decoded), with `load_image`'s errors."""
     path = Path(path)
     if path.is_dir():
         raise ImageLoadError(f"{path} is a directory, not an image file.")
     try:
-        with Image.open(path) as image:
+        with _own_size_check(), Image.open(path) as image:
             check_image_pixels(image, str(path))
             return image.size
     except ImageLoadError:
@@ -86,7 +98,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     if path.is_dir():
         raise ImageLoadError(f"{path} is a directory, not an image file.")
     try:
-        with Image.open(path) as image:
+        with _own_size_check(), Image.open(path) as image:
             check_image_pixels(image, str(path))
             image.load()
             return to_rgb(image, name=str(path))
