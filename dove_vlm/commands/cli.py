@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     ns.command_line = " ".join(["dove", *(sys.argv[1:] if argv is None else map(str, argv))])
     command = ns.command + (f" {ns.eval_command}" if ns.command == "eval" else "")
     if getattr(ns, "preset", None) is not None and ns.preset not in PRESETS:
-        parser.error(f"unknown preset {ns.preset!r}; choose one of: {', '.join(sorted(PRESETS))}")
+        parser._subparsers._group_actions[0].choices[ns.command].error(f"unknown preset {ns.preset!r}; choose one of: {', '.join(sorted(PRESETS))}")
     if hasattr(ns, "max_image_pixels"):
         from ..data.images import set_max_image_pixels
 
