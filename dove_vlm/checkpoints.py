@@ -33,6 +33,9 @@ def check_checkpoint_dir(path: str | os.PathLike) -> None:
     names = os.listdir(path)
     if "model.safetensors" not in names and "model.safetensors.index.json" not in names:
         raise FileNotFoundError(f"{path!r} has no model.safetensors; the checkpoint is incomplete.")
+    kind = read_config(path).get("model_type")
+    if kind in KIND_WEIGHTS:
+        check_weights_kind(path, kind)
 
 
 def read_config(path: str | os.PathLike) -> dict:
@@ -109,6 +112,51 @@ def supports_queries(path: str | os.PathLike) -> bool:
     elif kind == "dove_vision_tower":
         config = config.get("dove_config") or {}
     return bool(config.get("query_vocab_size"))
+
+
+def weight_names(path: str | os.PathLike) -> list[str]:
+    """The tensor names in a folder's safetensors weights, read from the file headers only (nothing is loaded);
+    a clear error naming the file when a header is not a safetensors header."""
+    path = str(path)
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        try:
+            with open(index, encoding="utf-8") as handle:
+                weight_map = json.load(handle).get("weight_map")
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError) as err:
+            raise ValueError(f"{index!r} is not a valid safetensors index ({err}).") from err
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index!r} has no weight_map; the checkpoint is corrupt.")
+        return list(weight_map)
+    weights = os.path.join(path, "model.safetensors")
+    try:
+        with open(weights, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            if not 2 <= size <= min(100 * 2**20, os.path.getsize(weights) - 8):
+                raise ValueError("bad header length")
+            header = json.loads(handle.read(size))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{weights!r} is not a safetensors file, or it is truncated ({err}); re-save the "
+                         "checkpoint.") from err
+    if not isinstance(header, dict):
+        raise ValueError(f"{weights!r} has a damaged safetensors header; re-save the checkpoint.")
+    return [name for name in header if name != "__metadata__"]
+
+
+# Names every weights file of a kind holds (a weights file of another model is refused before it is loaded).
+KIND_WEIGHTS = {"dove": ("eos_head.", "generator."), "dove_vision_tower": ("eos_head.", "generator."),
+                "dove_llava": ("multi_modal_projector", "language_model")}
+
+
+def check_weights_kind(path: str | os.PathLike, kind: str) -> None:
+    """Refuse a folder whose weights file belongs to another kind of model than its config.json says."""
+    names = weight_names(path)
+    missing = [part for part in KIND_WEIGHTS.get(kind, ()) if not any(part in name for name in names)]
+    if missing:
+        example = ", ".join(sorted(names)[:2]) or "no tensors"
+        raise ValueError(f"the weights in {str(path)!r} do not fit its config.json ({kind!r} model): no "
+                         f"{' / '.join(missing)} weights (it holds {len(names)} tensors such as {example}). The folder "
+                         "holds another model's weights file; re-save it or pass the right folder.")
 
 
 @contextmanager

@@ -118,7 +118,7 @@ def _parse_json_file(path: Path) -> tuple[list, list[str]]:
                 records.append(json.loads(line))
             except json.JSONDecodeError as err:
                 cut = " (the line is cut short)" if number == len(lines) or err.pos >= len(line.rstrip()) else ""
-                raise ValueError(f"{path}, line {number}: not valid JSON{cut}: {err.msg} at column {err.colno}; every "
+                raise ValueError(f"{path}, line {number}: not valid JSON{cut}: {err.msg} (column {err.colno}); every "
                                  "line must be one complete JSON record.") from None
             where.append(f"line {number}")
         return records, where

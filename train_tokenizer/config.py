@@ -176,7 +176,7 @@ class TrainingArguments:
         data = self.data
         if data.startswith("vg:"):
             parts = data[3:].split(":")
-            found = {f"--data (vg images)": parts[0] or None, "--data (regions)": parts[1] or None}
+            found = {"--data (vg images)": parts[0] or None, "--data (regions)": parts[1] or None}
             if len(parts) == 3:
                 found["--data (questions)"] = parts[2] or None
         else:

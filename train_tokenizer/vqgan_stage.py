@@ -100,8 +100,10 @@ def check_reusable(target: Path, settings: dict) -> None:
         saved = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise ValueError(f"{path} is unreadable ({err}); delete {target} to train the VQGAN again.") from err
-    diff = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in settings.items() if saved.get(key) != value]
+    diff = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in settings.items()
+            if saved.get(key) != value]
     if diff:
         shown = "; ".join(d if len(d) < 120 else d[:117] + "..." for d in diff)
-        raise ValueError(f"the VQGAN stage in {target} was trained with other settings ({shown}). Rerun with the "
-                         "same settings to reuse it, or start again with --overwrite (or another --output-dir).")
+        raise ValueError(f"the VQGAN stage in {target} was trained with other settings ({shown}). Rerun with "
+                         "the same settings to reuse it, or start again with --overwrite (or another "
+                         "--output-dir).")

@@ -224,12 +224,24 @@ def test_compare_refuses_bad_tasks_limits_and_wrong_model_folders_at_once(inputs
     assert not out.exists()
 
 
-def test_a_wrong_weights_file_is_one_line_without_foreign_advice(inputs, tmp_path, capfd):
+def test_a_wrong_weights_file_is_one_line_without_foreign_advice(inputs, task_yaml, tmp_path, capfd):
     code, _, err = run_dove(["llava-train", "--stage", "lora", "--tower", inputs / "dove", "--base-model",
                              inputs / "wrongfile", "--output-dir", tmp_path / "wf", *FAST_LLAVA[:2]])
     captured = capfd.readouterr()  # also what transformers logs to the real stderr
-    line = one_line_error(code, err, "llava-train", "wrongfile", "do not fit its config.json", "unexpected")
+    line = one_line_error(code, err, "llava-train", "wrongfile", "do not fit its config.json", "another model's")
     assert "ignore_mismatched_sizes" not in line + captured.err and "LOAD REPORT" not in captured.err
+    assert not (tmp_path / "wf").exists()  # refused before any work
+    started = time.monotonic()
+    code, _, err = run_dove(["eval", "compare", "--task", task_yaml, "--grid-model", inputs / "wrongfile",
+                             "--output-dir", tmp_path / "cmp"])
+    one_line_error(code, err, "eval compare", "wrongfile", "do not fit its config.json")
+    assert time.monotonic() - started < 30 and not (tmp_path / "cmp").exists()
+    # the loader itself (other callers) also says it in one sentence, without transformers' per-key report
+    from dove_vlm.llava.saved import load_base_llava
+
+    with pytest.raises(ValueError, match="do not fit its config.json: .* unexpected"):
+        load_base_llava(str(inputs / "wrongfile"))
+    assert "LOAD REPORT" not in capfd.readouterr().err
 
 
 def test_unexpected_failures_keep_the_traceback_and_say_it_is_a_bug(inputs, monkeypatch):
