@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+# The marker file of a `dove llava-train --stage lora` folder (what it was trained on).
+LORA_INFO_FILE = "dove_llava_lora.json"
 
 
 def looks_local(source: str | os.PathLike) -> bool:
@@ -31,6 +36,9 @@ def check_checkpoint_dir(path: str | os.PathLike) -> None:
     if "model.safetensors" not in names and "model.safetensors.index.json" not in names:
         problem = weights_problem(path)
         raise FileNotFoundError(f"{path!r} has no model.safetensors; " + (problem or "the checkpoint is incomplete."))
+    kind = read_config(path).get("model_type")
+    if kind in KIND_WEIGHTS:
+        check_weights_kind(path, kind)
 
 
 def read_config(path: str | os.PathLike) -> dict:
@@ -151,3 +159,128 @@ def weights_problem(source: str | os.PathLike, subfolder: str | None = None) -> 
                 "(a pickle can run code when loaded) — convert it to safetensors first (load it where you trust it "
                 "and `save_pretrained(..., safe_serialization=True)`), or use a revision with model.safetensors.")
     return None
+
+
+def check_source(source: str | os.PathLike, flag: str, what: str = "a model folder") -> None:
+    """A model source given on the command line: an existing local path, or a hub id (`org/name`) that can be
+    resolved. A missing folder is reported as missing (not as a failed hub download), and a hub id that is not
+    in the local Hugging Face cache while offline says so."""
+    text = os.path.expanduser(str(source))
+    if os.path.exists(text):
+        return
+    if not text.strip() or looks_local(text) or text.count("/") != 1:
+        raise FileNotFoundError(f"{flag} {source}: no such file or folder; pass {what}.")
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        cached = try_to_load_from_cache(text, "config.json")
+    except HFValidationError as err:
+        raise FileNotFoundError(f"{flag} {source}: no such folder, and not a valid hub id ({err}).") from None
+    if not isinstance(cached, str) and constants.HF_HUB_OFFLINE:
+        raise FileNotFoundError(f"{flag} {source}: no such local folder, and no hub model of that name in the local "
+                                "Hugging Face cache (offline: HF_HUB_OFFLINE is set); pass " + what + ".")
+
+
+def model_kind(path: str | os.PathLike) -> str:
+    """What a local model folder holds, for the checks of which folder a flag takes: `dove` (a DOVE / Q-DOVE
+    checkpoint), `dove_vision_tower`, `llava_lora` (a `dove llava-train --stage lora` folder), `dove_llava` (a
+    base stage or a merged DOVE-LLaVA), another config's `model_type`, or `unknown` (no readable config)."""
+    path = str(path)
+    if os.path.isfile(os.path.join(path, LORA_INFO_FILE)):
+        return "llava_lora"
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        return "unknown"
+    return str(read_config(path).get("model_type") or "unknown")
+
+
+def supports_queries(path: str | os.PathLike) -> bool:
+    """Whether a local DOVE checkpoint, tower folder or DOVE-LLaVA folder holds a Q-DOVE model (a query
+    embedding), read from its config files only."""
+    path = str(path)
+    kind = model_kind(path)
+    if kind == "llava_lora":
+        return supports_queries(os.path.join(path, "tower"))
+    config = read_config(path) if kind != "unknown" else {}
+    if kind == "dove_llava":
+        config = (config.get("vision_config") or {}).get("dove_config") or {}
+    elif kind == "dove_vision_tower":
+        config = config.get("dove_config") or {}
+    return bool(config.get("query_vocab_size"))
+
+
+def weight_names(path: str | os.PathLike) -> list[str]:
+    """The tensor names in a folder's safetensors weights, read from the file headers only (nothing is loaded);
+    a clear error naming the file when a header is not a safetensors header."""
+    path = str(path)
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        try:
+            with open(index, encoding="utf-8") as handle:
+                weight_map = json.load(handle).get("weight_map")
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError) as err:
+            raise ValueError(f"{index!r} is not a valid safetensors index ({err}).") from err
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index!r} has no weight_map; the checkpoint is corrupt.")
+        return list(weight_map)
+    weights = os.path.join(path, "model.safetensors")
+    try:
+        with open(weights, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            if not 2 <= size <= min(100 * 2**20, os.path.getsize(weights) - 8):
+                raise ValueError("bad header length")
+            header = json.loads(handle.read(size))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{weights!r} is not a safetensors file, or it is truncated ({err}); re-save the "
+                         "checkpoint.") from err
+    if not isinstance(header, dict):
+        raise ValueError(f"{weights!r} has a damaged safetensors header; re-save the checkpoint.")
+    return [name for name in header if name != "__metadata__"]
+
+
+# Names every weights file of a kind holds (a weights file of another model is refused before it is loaded).
+KIND_WEIGHTS = {"dove": ("eos_head.", "generator."), "dove_vision_tower": ("eos_head.", "generator."),
+                "dove_llava": ("multi_modal_projector", "language_model")}
+
+
+def check_weights_kind(path: str | os.PathLike, kind: str) -> None:
+    """Refuse a folder whose weights file belongs to another kind of model than its config.json says."""
+    names = weight_names(path)
+    missing = [part for part in KIND_WEIGHTS.get(kind, ()) if not any(part in name for name in names)]
+    if missing:
+        example = ", ".join(sorted(names)[:2]) or "no tensors"
+        raise ValueError(f"the weights in {str(path)!r} do not fit its config.json ({kind!r} model): no "
+                         f"{' / '.join(missing)} weights (it holds {len(names)} tensors such as {example}). The folder "
+                         "holds another model's weights file; re-save it or pass the right folder.")
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Keep transformers' loading report (a line per mismatched key) off the terminal while a checkpoint loads:
+    the loaders here check the loading info themselves and raise one clear error."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def describe_mismatch(info: dict, source: str | os.PathLike, ignore_missing: Iterable[str] = ()) -> str | None:
+    """One sentence about the weights of `source` that do not fit its config (transformers' loading info:
+    unexpected, mismatched and missing keys; missing keys containing any of `ignore_missing` are fine), or None."""
+    ignore = tuple(ignore_missing)
+    parts = []
+    for key, label in (("unexpected_keys", "unexpected"), ("mismatched_keys", "of the wrong shape"),
+                       ("missing_keys", "missing")):
+        names = [k if isinstance(k, str) else k[0] for k in info.get(key) or ()]
+        if key == "missing_keys":
+            names = [k for k in names if not any(part in k for part in ignore)]
+        if names:
+            parts.append(f"{len(names)} {label} (e.g. {', '.join(sorted(names)[:2])})")
+    if not parts:
+        return None
+    return (f"the weights in {str(source)!r} do not fit its config.json: {'; '.join(parts)} weights. The folder holds "
+            "another model's weights file, or a damaged one; re-save it or pass the right folder.")

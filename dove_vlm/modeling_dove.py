@@ -17,7 +17,7 @@ from diffusers import VQModel
 from torch import nn
 from transformers import DynamicCache, GPTNeoXConfig, GPTNeoXModel, PreTrainedModel
 
-from .checkpoints import check_checkpoint_dir, looks_local, weights_problem
+from .checkpoints import check_checkpoint_dir, looks_local, quiet_loading, weights_problem
 from .configuration_dove import DoveConfig
 from .modeling_dove_blocks import (  # noqa: F401  (re-exported: the public names live here too)
     DoveDecoderOutput,
@@ -52,7 +52,8 @@ class DovePreTrainedModel(PreTrainedModel):
         want_info = kwargs.pop("output_loading_info", False)
         kwargs.setdefault("use_safetensors", True)  # never unpickle a `pytorch_model.bin` someone handed over
         try:
-            model, info = super().from_pretrained(source, *model_args, output_loading_info=True, **kwargs)
+            with quiet_loading():  # mismatches are raised below as one error, not a per-key report
+                model, info = super().from_pretrained(source, *model_args, output_loading_info=True, **kwargs)
         except (OSError, RuntimeError, ValueError, json.JSONDecodeError) as err:
             raise ValueError(f"cannot load the DOVE checkpoint {source!r}: {weights_problem(source) or err}") from err
         except Exception as err:  # safetensors raises its own SafetensorError for corrupt files

@@ -136,6 +136,82 @@ def preset_config(name: str, **overrides) -> DoveConfig:
     return DoveConfig(**kwargs)
 
 
+# DoveConfig fields that may be 0 (every other integer field counts something and must be >= 1).
+_ZERO_OK = ("query_vocab_size",)
+_FLOAT_RANGES = {"rotary_pct": (0.0, 1.0), "layer_norm_eps": (0.0, 1.0), "initializer_range": (0.0, 10.0)}
+
+
+def override_fields() -> dict[str, Any]:
+    """`{name: type}` of the `DoveConfig` fields `--model-overrides` may set (its constructor's arguments)."""
+    import inspect
+    import typing
+
+    hints = typing.get_type_hints(DoveConfig.__init__)
+    return {name: hints.get(name, Any) for name, p in inspect.signature(DoveConfig.__init__).parameters.items()
+            if name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD}
+
+
+def _check_value(key: str, value: Any, kind: Any) -> None:
+    import math
+    import typing
+
+    options = [t for t in typing.get_args(kind) if t is not type(None)] if typing.get_origin(kind) in (
+        typing.Union, getattr(__import__("types"), "UnionType", None)) else [kind]
+    if value is None:
+        if type(None) in typing.get_args(kind):
+            return
+        raise ValueError(f"--model-overrides: {key} cannot be null.")
+    base = typing.get_origin(options[0]) or options[0]
+    if base is bool:
+        ok = isinstance(value, bool)
+    elif base is int:
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= (0 if key in _ZERO_OK else 1)
+    elif base is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    elif base is dict:
+        ok = isinstance(value, dict)
+    elif base is list:
+        ok = isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    else:
+        ok = True
+    if not ok:
+        want = {bool: "true or false", int: "an integer >= " + ("0" if key in _ZERO_OK else "1"),
+                float: "a finite number", dict: "a JSON object", list: "a list of numbers"}.get(base, str(kind))
+        raise ValueError(f"--model-overrides: {key} must be {want}, got {value!r}.")
+
+
+def check_model_overrides(name: str, overrides: dict[str, Any]) -> DoveConfig:
+    """The preset's `DoveConfig` with `overrides`, after checking every key is a `DoveConfig` field with a value of
+    its type (a typo such as `hiden_size` is an error listing the valid keys, not a silently ignored extra)."""
+    if not isinstance(overrides, dict):
+        raise ValueError(f"--model-overrides must be a JSON object, got {type(overrides).__name__}.")
+    fields = override_fields()
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(f"--model-overrides: unknown DoveConfig field(s) {', '.join(map(repr, unknown))}; valid "
+                         f"keys: {', '.join(sorted(fields))}.")
+    for key, value in overrides.items():
+        _check_value(key, value, fields[key])
+    for key, (low, high) in _FLOAT_RANGES.items():
+        if key in overrides and not low < overrides[key] <= high:
+            raise ValueError(f"--model-overrides: {key} must be in ({low}, {high}], got {overrides[key]!r}.")
+    if "vqgan_config" in overrides:
+        import inspect
+
+        from diffusers import VQModel
+
+        known = set(inspect.signature(VQModel.__init__).parameters) - {"self"}
+        bad = sorted(set(overrides["vqgan_config"]) - known)
+        if bad:
+            raise ValueError(f"--model-overrides: vqgan_config has unknown VQModel argument(s) {', '.join(bad)}.")
+    try:
+        return preset_config(name, **overrides)
+    except (TypeError, KeyError, ZeroDivisionError) as err:
+        raise ValueError(f"--model-overrides {overrides} do not give a valid DoveConfig ({err}).") from err
+    except ValueError as err:
+        raise ValueError(f"--model-overrides: {err}") from err
+
+
 def preset_training(name: str) -> dict[str, Any]:
     """The training recipe (steps, batch size, loss weights, schedules) of a named preset."""
     return copy.deepcopy(_preset(name)["train"])

@@ -15,14 +15,13 @@ import torch
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from .checkpoints import model_type as checkpoint_model_type
+from .checkpoints import quiet_loading, weights_problem
 from .configuration_dove import DoveConfig
 from .image_processing_dove import DoveImageProcessor
-from .checkpoints import model_type as checkpoint_model_type
-from .checkpoints import weights_problem
 from .modeling_dove import QUERY_TOKENIZER_DIR, DoveModel
 from .query_tokenizer import load_saved_query_tokenizer
 from .tower_settings import TowerMode, TowerSettings
-
 
 # The config fields a `from_pretrained(path, **overrides)` call may change: every tower setting.
 TOWER_OVERRIDES = TowerSettings.names()
@@ -352,7 +351,8 @@ class DoveVisionTower(PreTrainedModel):
         want_info = kwargs.pop("output_loading_info", False)
         kwargs.setdefault("use_safetensors", True)  # never unpickle a `pytorch_model.bin` someone handed over
         try:
-            tower, info = super().from_pretrained(source, *model_args, output_loading_info=True, **kwargs)
+            with quiet_loading():  # mismatches are raised below as one error, not a per-key report
+                tower, info = super().from_pretrained(source, *model_args, output_loading_info=True, **kwargs)
         except OSError as err:
             problem = weights_problem(source)
             if problem is None:

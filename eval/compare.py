@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -84,13 +85,13 @@ def export_embedded(output_dir: str | os.PathLike, split: str = "test", num_scen
     same questions as its `eval`) as a local lmms-eval task; returns the task YAML."""
     from dove_vlm.llava.vqa import build_vqa_split
 
+    task_name = check_task_name(task_name) if task_name is not None else f"dove_vqa_{split}"
     out = Path(output_dir).resolve()
     (out / "images").mkdir(parents=True, exist_ok=True)
-    task_name = task_name or f"dove_vqa_{split}"
     records = []
     for i, r in enumerate(build_vqa_split(split, num_scenes, seed, image_size, questions_per_scene)):
-        image = out / "images" / f"{split}_{seed}_{r['scene']:05d}.png"
-        if not image.exists():
+        image = out / "images" / f"{split}_{seed}_{image_size}_{r['scene']:05d}.png"
+        if not image.exists():  # the name holds everything the picture depends on
             r["image"].save(image)
         records.append({"id": i, "image": str(image), "question": r["question"], "answer": r["answer"],
                         "type": r["type"], "scene": r["scene"]})
@@ -101,44 +102,153 @@ def export_embedded(output_dir: str | os.PathLike, split: str = "test", num_scen
     return task_yaml
 
 
-def read_records(path: str | os.PathLike) -> list[dict]:
-    """Records of a user VQA file (json list, jsonl or parquet); relative image paths are resolved against the
-    file's folder. Missing fields, missing images and empty files raise clear errors."""
+TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
+
+
+def check_task_name(name: str) -> str:
+    """A task name is a file name inside the export folder: a safe identifier (letters, digits, `_`)."""
+    if not isinstance(name, str) or not TASK_NAME.fullmatch(name):
+        raise ValueError(f"--task-name {name!r} is not a safe task name: use letters, digits and _ (not starting with "
+                         "a digit, at most 100 characters), e.g. my_vqa.")
+    return name
+
+
+def default_task_name(path: str | os.PathLike) -> str:
+    """The task name of a user file when none is given: its stem made a safe identifier."""
+    name = re.sub(r"\W", "_", Path(path).stem, flags=re.ASCII)[:100] or "task"
+    return name if not name[0].isdigit() else f"task_{name}"[:100]
+
+
+def _plain(value):
+    """numpy scalars and arrays (parquet rows) as plain Python values."""
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return value.tolist()
+    return value
+
+
+def _parse_json_file(path: Path) -> tuple[list, list[str]]:
+    """The records of a json list or jsonl file, and where each one is (`line N` / `record N`)."""
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise ValueError(f"VQA file {path} is a folder, not a json/jsonl/parquet file.") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ValueError(f"{path}, line {line}: not UTF-8 text (byte {err.start}: {err.reason}); save the file as "
+                         "UTF-8.") from None
+    if path.suffix == ".jsonl":
+        records, where = [], []
+        lines = text.split("\n")
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                cut = " (the line is cut short)" if number == len(lines) or err.pos >= len(line.rstrip()) else ""
+                raise ValueError(f"{path}, line {number}: not valid JSON{cut}: {err.msg} (column {err.colno}); every "
+                                 "line must be one complete JSON record.") from None
+            where.append(f"line {number}")
+        return records, where
+    try:
+        records = json.loads(text) if text.strip() else []
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}, line {err.lineno}, column {err.colno}: not valid JSON ({err.msg}).") from None
+    if not isinstance(records, list):
+        raise ValueError(f"{path} holds a JSON {type(records).__name__}; it must hold a list of records "
+                         "{image, question, answer}.")
+    return records, [f"record {i}" for i in range(len(records))]
+
+
+def _text_field(record: dict, name: str, where: str, numbers: bool = False) -> str:
+    value = record.get(name)
+    if numbers and isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if numbers and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return str(value)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise ValueError(f"{where} lacks {name}; every record needs {', '.join(REQUIRED_FIELDS)}.")
+    if not isinstance(value, str):
+        kind = "a string or a number" if numbers else "a string"
+        raise ValueError(f"{where}: field {name!r} must be {kind}, got {type(value).__name__} {value!r:.60}.")
+    return value
+
+
+def read_records(path: str | os.PathLike, check_images: bool = True) -> list[dict]:
+    """Records of a user VQA file (json list, jsonl or parquet), validated one by one; errors name the file, the
+    line (jsonl) or record, and the field. `question` is a string, `answer` a string or a number (kept as text),
+    `image` a path: absolute, or relative to the file's folder and inside it. With `check_images`, every image is
+    decoded (a text file, a truncated image or one over the pixel limit is refused here, not when scored)."""
+    from dove_vlm.data.images import load_image
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"VQA file {str(path)!r} does not exist.")
     if path.suffix == ".parquet":
         import pandas as pd
 
-        records = pd.read_parquet(path).to_dict("records")
-    elif path.suffix == ".jsonl":
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    else:
         try:
-            records = json.loads(path.read_text() or "[]")
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid json: {err}") from None
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise ValueError(f"{path} must hold a list of records {{image, question, answer}}.")
-    out = []
-    for i, r in enumerate(records):
+            records = [{k: _plain(v) for k, v in r.items()} for r in pd.read_parquet(path).to_dict("records")]
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{path} cannot be read as parquet ({err}).") from err
+        except Exception as err:  # pyarrow's own error types for corrupt files
+            if type(err).__module__.split(".")[0] != "pyarrow":
+                raise
+            raise ValueError(f"{path} cannot be read as parquet ({err}).") from err
+        where = [f"row {i}" for i in range(len(records))]
+    else:
+        records, where = _parse_json_file(path)
+    folder = Path(os.path.abspath(path.parent))
+    out, ids = [], {}
+    for i, (r, at) in enumerate(zip(records, where)):
+        at = f"{path}, {at}"
+        if not isinstance(r, dict):
+            raise ValueError(f"{at} is a JSON {type(r).__name__}, not a record {{image, question, answer}}.")
         r = dict(r)
         r.setdefault("id", i)
-        if isinstance(r.get("image"), str) and r["image"] and not os.path.isabs(r["image"]):
-            r["image"] = str((path.parent / r["image"]).resolve())
+        if isinstance(r["id"], bool) or not isinstance(r["id"], (int, str)):
+            raise ValueError(f"{at}: field 'id' must be an integer or a string, got {type(r['id']).__name__}.")
+        if r["id"] in ids:
+            raise ValueError(f"{at}: id {r['id']!r} is also the id of {ids[r['id']]}; ids must be unique.")
+        ids[r["id"]] = at
+        at = f"{at} (id {r['id']!r})"
+        r["question"] = _text_field(r, "question", at)
+        r["answer"] = _text_field(r, "answer", at, numbers=True)
+        image = _text_field(r, "image", at)
+        if "type" in r and r["type"] is not None and not isinstance(r["type"], str):
+            raise ValueError(f"{at}: field 'type' must be a string, got {type(r['type']).__name__}.")
+        if not os.path.isabs(os.path.expanduser(image)):
+            resolved = Path(os.path.normpath(folder / image))
+            if folder not in resolved.parents:
+                raise ValueError(f"{at}: image {image!r} points outside the file's folder {folder}; relative image "
+                                 "paths must stay inside it (or give an absolute path).")
+            image = str(resolved)
+        r["image"] = os.path.expanduser(image)
         moved = r.pop("image_relative", None)  # an exported task folder that was moved or copied
-        if moved and isinstance(r.get("image"), str) and not os.path.isfile(r["image"]):
-            r["image"] = str((path.parent / moved).resolve())
+        if moved and isinstance(moved, str) and not os.path.isfile(r["image"]):
+            resolved = Path(os.path.normpath(folder / moved))
+            if folder in resolved.parents:
+                r["image"] = str(resolved)
+        if not os.path.isfile(r["image"]):
+            raise FileNotFoundError(f"{at} names image {r['image']!r}, which does not exist.")
+        if check_images:
+            try:
+                load_image(r["image"])
+            except (ValueError, OSError) as err:  # not an image, truncated, over the pixel limit, unreadable
+                raise ValueError(f"{at}: {err}") from err
         out.append(r)
     return out
 
 
 def export_file(path: str | os.PathLike, output_dir: str | os.PathLike, task_name: str | None = None) -> Path:
     """A user VQA file (same format as the exported one) as a local lmms-eval task; returns the task YAML."""
-    task_name = task_name or Path(path).stem.replace("-", "_").replace(".", "_")
+    task_name = check_task_name(task_name) if task_name is not None else default_task_name(path)
+    records = read_records(path)
     out = Path(output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    return _write_task(read_records(path), out, task_name)
+    return _write_task(records, out, task_name)
 
 
 def task_of(task_yaml: str | os.PathLike) -> tuple[str, Path]:
@@ -208,21 +318,22 @@ def run_lmms_eval(spec: RunSpec, tasks: list[str], include_path: Path, output_di
         proc = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, timeout=timeout, check=False)
     files = sorted(glob.glob(str(output_dir / "**" / "*_results.json"), recursive=True), key=os.path.getmtime)
     if not files:
-        raise LmmsEvalError(f"lmms-eval wrote no results for {spec.name} (exit code {proc.returncode}); cause:\n"
-                            + _cause(log))
+        raise LmmsEvalError(f"lmms-eval wrote no results for {spec.name} (exit code {proc.returncode}): "
+                            f"{_cause(log)} (full log: {log})")
     results = json.loads(Path(files[-1]).read_text())
     missing = [t for t in tasks if METRIC not in results.get("results", {}).get(t, {})]
     if missing:
         raise LmmsEvalError(f"lmms-eval results for {spec.name} lack {', '.join(missing)} (exit code "
-                            f"{proc.returncode}); cause:\n" + _cause(log))
+                            f"{proc.returncode}): {_cause(log)} (full log: {log})")
     return Path(files[-1])
 
 
-def _cause(log: Path, lines: int = 25) -> str:
-    text = log.read_text(errors="replace").splitlines()
-    errors = [line for line in text if "Error" in line or "error" in line or "Traceback" in line]
-    tail = text[-lines:]
-    return "\n".join((errors[-5:] + ["..."] if errors else []) + tail)
+def _cause(log: Path, lines: int = 2) -> str:
+    """The last error lines of an lmms-eval log (colour codes removed), joined into one line."""
+    text = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in log.read_text(errors="replace").splitlines()]
+    errors = [line for line in text if "Error" in line or "error" in line]
+    picked = (errors or [line for line in text if line])[-lines:]
+    return " | ".join(line[:300] for line in picked) or "the log is empty"
 
 
 def read_results(results_file: str | os.PathLike, task: str) -> dict:

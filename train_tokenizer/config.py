@@ -6,7 +6,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from dove_vlm.presets import preset_training
+from pathlib import Path
+
+from dove_vlm.checks import check_choice, check_float, check_int, check_probability, check_seed, flag, synthetic_count
+from dove_vlm.presets import check_model_overrides, preset_training
 
 
 @dataclass
@@ -123,31 +126,103 @@ class TrainingArguments:
         for key, value in preset_training(self.preset).items():
             if getattr(self, key, None) is None and hasattr(self, key):
                 setattr(self, key, value)
-        if self.mixed_precision not in ("no", "bf16", "auto"):
-            raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'auto', got {self.mixed_precision!r} (fp16 "
-                             "overflows here).")
+        self.validate()
         if self.mixed_precision == "auto":
             self.mixed_precision = auto_precision()
         if self.lpips_weight > 0 and not self.lpips_trunk and not self.random_lpips_allowed:
             from .losses import require_lpips_trunk
 
             require_lpips_trunk()  # before any work: the paper preset refuses a random LPIPS trunk
-        if not 0.0 <= self.query_null_prob <= 1.0:
-            raise ValueError(f"query_null_prob must be in [0, 1], got {self.query_null_prob}.")
-        if self.query_threshold not in ("teacher", "running"):
-            raise ValueError(f"query_threshold must be 'teacher' or 'running', got {self.query_threshold!r}.")
-        if self.query_threshold_scale <= 0:
-            raise ValueError(f"query_threshold_scale must be > 0, got {self.query_threshold_scale}.")
-        if self.query_min_tokens < 1 or (self.query_max_tokens is not None and self.query_max_tokens < self.query_min_tokens):
-            raise ValueError(f"need 1 <= query_min_tokens ({self.query_min_tokens}) <= query_max_tokens "
-                             f"({self.query_max_tokens}).")
-        if not 0.0 <= self.query_full_prob <= 1.0:
-            raise ValueError(f"query_full_prob must be in [0, 1], got {self.query_full_prob}.")
-        if not 0.0 <= self.truncation_prob <= 1.0:
-            raise ValueError(f"truncation_prob must be in [0, 1], got {self.truncation_prob}.")
-        for name in ("max_steps", "batch_size", "checkpoint_every", "gradient_accumulation_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+
+    def validate(self) -> None:
+        """Every range, type and combination of the arguments (no file is read: see `check_inputs`). Raises a
+        `ValueError` naming the flag and what is valid."""
+        if not isinstance(self.output_dir, str) or not self.output_dir.strip():
+            raise ValueError("--output-dir must name a folder.")
+        if self.mixed_precision not in ("no", "bf16", "auto"):
+            raise ValueError(f"--mixed-precision must be 'no', 'bf16' or 'auto', got {self.mixed_precision!r} (fp16 "
+                             "overflows here).")
+        check_choice("query_threshold", self.query_threshold, ("teacher", "running"))
+        check_seed(self.seed)
+        for name in ("max_steps", "batch_size", "checkpoint_every", "gradient_accumulation_steps", "num_train_scenes",
+                     "vqgan_batch_size", "threshold_window", "log_every", "query_min_tokens"):
+            check_int(name, getattr(self, name), 1)
+        for name in ("warmup_steps", "vqgan_steps", "eos_warmup_steps", "eos_ramp_steps", "keep_checkpoints",
+                     "eval_scenes"):
+            check_int(name, getattr(self, name), 0)
+        check_int("query_max_tokens", self.query_max_tokens, self.query_min_tokens, optional=True)
+        for name in ("learning_rate", "vqgan_learning_rate", "max_grad_norm", "query_threshold_scale"):
+            check_float(name, getattr(self, name), 0.0, low_open=True,
+                        optional=name == "vqgan_learning_rate" and (self.vqgan_steps == 0 or bool(self.vqgan)))
+        for name in ("weight_decay", "lpips_weight", "gan_weight", "mse_weight", "latent_weight", "rec_weight",
+                     "eos_weight_start", "eos_weight_end", "null_distill_weight", "outside_weight"):
+            check_float(name, getattr(self, name), 0.0)
+        for name in ("truncation_prob", "query_null_prob", "query_full_prob"):
+            check_probability(name, getattr(self, name))
+        if not isinstance(self.data, str) or not self.data.strip():
+            raise ValueError("--data must be synthetic[:N], an image folder, a saved `datasets` folder, hf:NAME[:SPLIT] "
+                             "or (with --query) vg:IMAGE_DIR:REGIONS_JSON[:QA_JSON].")
+        if self.data == "synthetic" or self.data.startswith("synthetic:"):
+            synthetic_count(self.data)
+        if self.query:
+            if not (self.data == "synthetic" or self.data.startswith(("synthetic:", "vg:"))):
+                raise ValueError(f"--query training reads grounding data: --data synthetic[:N] or "
+                                 f"vg:IMAGE_DIR:REGIONS_JSON[:QA_JSON], not {self.data!r}.")
+            if self.data.startswith("vg:") and len(self.data[3:].split(":")) not in (2, 3):
+                raise ValueError(f"--data {self.data!r}: expected vg:IMAGE_DIR:REGIONS_JSON[:QA_JSON].")
+            if self.query_threshold == "teacher" and not self.init_from:
+                raise ValueError("--query-threshold teacher compares with the starting DOVE: it needs --init-from.")
+        elif self.data.startswith("vg:"):
+            raise ValueError("--data vg:... is grounding data for Q-DOVE; add --query.")
+        else:
+            for name in ("query_tokenizer",):
+                if getattr(self, name):
+                    raise ValueError(f"{flag(name)} applies to Q-DOVE training; add --query.")
+        if not isinstance(self.model_overrides, dict):
+            raise ValueError(f"--model-overrides must be a JSON object, got {type(self.model_overrides).__name__}.")
+        if self.model_overrides:
+            if self.init_from:
+                raise ValueError("--model-overrides shape a new model; with --init-from the model (and its config) "
+                                 "comes from that checkpoint. Drop one of them.")
+            check_model_overrides(self.preset, self.model_overrides)
+
+    def inputs(self) -> dict[str, str | None]:
+        """`{flag: path}` of everything the run reads (for the output-folder checks)."""
+        data = self.data
+        if data.startswith("vg:"):
+            parts = data[3:].split(":")
+            found = {"--data (vg images)": parts[0] or None, "--data (regions)": parts[1] or None}
+            if len(parts) == 3:
+                found["--data (questions)"] = parts[2] or None
+        else:
+            found = {"--data": None if data == "synthetic" or data.startswith(("synthetic:", "hf:")) else data}
+        return {**found, "--init-from": self.init_from, "--vqgan": self.vqgan, "--generator-init": self.generator_init,
+                "--lpips-trunk": self.lpips_trunk, "--query-tokenizer": self.query_tokenizer}
+
+    def check_inputs(self) -> None:
+        """The inputs exist and are of the right kind (before any work): `--init-from` a DOVE checkpoint, `--data`
+        an existing folder (or spec), `--vqgan` / `--generator-init` a folder or hub id, `--lpips-trunk` a file."""
+        from dove_vlm.checkpoints import check_source, model_kind
+
+        for name, path in self.inputs().items():
+            if path is None:
+                continue
+            if name.startswith("--data"):
+                if not Path(path).exists():
+                    raise FileNotFoundError(f"{name} {path}: no such file or folder (--data takes synthetic[:N], an "
+                                            "image folder, a saved `datasets` folder or hf:NAME[:SPLIT]).")
+                continue
+            check_source(path, name)
+        if self.lpips_trunk and not Path(self.lpips_trunk).is_file():
+            raise FileNotFoundError(f"--lpips-trunk {self.lpips_trunk}: no such file (local VGG/AlexNet weights).")
+        if self.init_from and Path(self.init_from).exists():
+            kind = model_kind(self.init_from)
+            if kind != "dove":
+                raise ValueError(f"--init-from {self.init_from} holds {_kind_name(kind)}, not a DOVE checkpoint "
+                                 "(a folder written by `dove train`).")
+            from dove_vlm.checkpoints import check_checkpoint_dir
+
+            check_checkpoint_dir(self.init_from)
 
     @property
     def random_lpips_allowed(self) -> bool:
@@ -163,3 +238,8 @@ def auto_precision() -> str:
     import torch
 
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def _kind_name(kind: str) -> str:
+    return {"unknown": "no model (no config.json)", "llava_lora": "a `dove llava-train --stage lora` output",
+            "dove_llava": "a DOVE-LLaVA model", "dove_vision_tower": "a DOVE vision tower"}.get(kind, f"a {kind!r} model")

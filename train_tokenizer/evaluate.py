@@ -78,7 +78,9 @@ class TokenizerEvaluation:
             "spearman_length_vs_laplacian": _spearman(lengths, self.laplacian),
             "psnr_adaptive": float(self.psnr_adaptive.mean()),
             "psnr_by_k": psnr_by_k,
-            "psnr_gap_max_minus_adaptive": float(psnr_by_k[self.max_tokens] - self.psnr_adaptive.mean()),
+            # with forced lengths that leave out max_tokens (`dove report --token-counts 4,8`) there is no gap
+            "psnr_gap_max_minus_adaptive": float(psnr_by_k[self.max_tokens] - self.psnr_adaptive.mean())
+            if self.max_tokens in psnr_by_k else None,
             "psnr_rises_with_k": bool(all(a < b for a, b in zip(list(psnr_by_k.values()), list(psnr_by_k.values())[1:]))),
         }
 

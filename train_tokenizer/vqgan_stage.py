@@ -6,6 +6,8 @@ No pretrained VQGAN can be loaded offline, so the tiny preset makes its own. DOV
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -32,11 +34,15 @@ def train_vqgan(
     device: torch.device,
     quantized_weight: float = 0.1,
 ) -> VQModel:
-    """Train `vqgan` in place for `steps` and save it to `output_dir/vqgan` (atomically). If that folder is
-    already there (a resumed run), load it instead of training again."""
+    """Train `vqgan` in place for `steps` and save it to `output_dir/vqgan` (atomically), with the settings it was
+    trained with (`dove_vqgan_stage.json`). If that folder is already there (a resumed run), load it instead of
+    training again — only when it was trained with the same settings (else a `ValueError` lists the differences)."""
     target = Path(output_dir) / VQGAN_DIR
+    settings = stage_settings(vqgan, dataset, steps, batch_size, learning_rate, seed, quantized_weight)
     if (target / "config.json").is_file():
+        check_reusable(target, settings)
         vqgan.load_state_dict(VQModel.from_pretrained(target, use_safetensors=True).state_dict())
+        print(f"reusing the VQGAN stage in {target} (trained with the same settings)", flush=True)
         return vqgan
     torch.manual_seed(seed)
     vqgan.train().requires_grad_(True).to(device)
@@ -64,5 +70,42 @@ def train_vqgan(
     if tmp.exists():
         shutil.rmtree(tmp)
     vqgan.save_pretrained(tmp)
+    (tmp / SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
     os.replace(tmp, target)
     return vqgan
+
+
+SETTINGS_FILE = "dove_vqgan_stage.json"
+
+
+def stage_settings(vqgan: VQModel, dataset, steps: int, batch_size: int, learning_rate: float, seed: int,
+                   quantized_weight: float) -> dict:
+    """Everything the trained VQGAN depends on: its config, the recipe, and the data (size and a digest of two
+    images)."""
+    probe = get_batch(dataset, [0, len(dataset) - 1]).numpy().tobytes()
+    config = {k: v for k, v in dict(vqgan.config).items() if not k.startswith("_")}
+    return json.loads(json.dumps({"vqgan_steps": steps, "vqgan_batch_size": batch_size,
+                                  "vqgan_learning_rate": learning_rate, "seed": seed,
+                                  "quantized_weight": quantized_weight, "num_images": len(dataset),
+                                  "data_digest": hashlib.sha256(probe).hexdigest()[:16], "vqgan_config": config},
+                                 default=str))
+
+
+def check_reusable(target: Path, settings: dict) -> None:
+    """Refuse to reuse a VQGAN stage trained with other settings (a changed `--vqgan-steps`, data or seed)."""
+    path = target / SETTINGS_FILE
+    if not path.is_file():
+        print(f"note: {target} records no training settings (written by an older dove); reusing it as it is. "
+              "Delete it to train the VQGAN again.", flush=True)
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} is unreadable ({err}); delete {target} to train the VQGAN again.") from err
+    diff = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in settings.items()
+            if saved.get(key) != value]
+    if diff:
+        shown = "; ".join(d if len(d) < 120 else d[:117] + "..." for d in diff)
+        raise ValueError(f"the VQGAN stage in {target} was trained with other settings ({shown}). Rerun with "
+                         "the same settings to reuse it, or start again with --overwrite (or another "
+                         "--output-dir).")

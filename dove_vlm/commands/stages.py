@@ -17,4 +17,7 @@ def finished_stage(args) -> dict | None:
     except (OSError, json.JSONDecodeError):
         return None
     done = metrics.get("args") == json.loads(json.dumps(args.to_dict())) and "eval" in metrics
+    if done:
+        print(f"[dove demo] reusing the finished stage in {args.output_dir} (trained and scored with the same "
+              "arguments)", flush=True)
     return metrics if done else None

@@ -2,11 +2,12 @@
 
 from .complexity import laplacian_variance
 from .datasets import HFImageDataset, ImageFolderDataset, SceneImageDataset, build_image_dataset
-from .images import IMAGE_EXTENSIONS, ImageLoadError, list_image_files, load_image, to_rgb
+from .images import (DEFAULT_MAX_IMAGE_PIXELS, IMAGE_EXTENSIONS, ImageLoadError, image_size, list_image_files, load_image,
+                     max_image_pixels, set_max_image_pixels, to_rgb)
 from .synthetic import COLORS, SHAPES, Scene, SceneObject, SyntheticScenes
 
 __all__ = [
-    "COLORS", "SHAPES", "IMAGE_EXTENSIONS", "HFImageDataset", "ImageFolderDataset", "ImageLoadError", "Scene",
+    "COLORS", "DEFAULT_MAX_IMAGE_PIXELS", "SHAPES", "IMAGE_EXTENSIONS", "HFImageDataset", "ImageFolderDataset", "ImageLoadError", "Scene",
     "SceneImageDataset", "SceneObject", "SyntheticScenes", "build_image_dataset", "laplacian_variance",
-    "list_image_files", "load_image", "to_rgb",
+    "image_size", "list_image_files", "load_image", "max_image_pixels", "set_max_image_pixels", "to_rgb",
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from PIL import Image
 from torch.utils.data import Dataset
 
 from .images import ImageLoadError, list_image_files, load_image, to_rgb
@@ -52,7 +53,13 @@ class HFImageDataset(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict:
-        image = self.dataset[index][self.image_column]
+        try:
+            image = self.dataset[index][self.image_column]
+        except Image.DecompressionBombError as err:
+            raise ImageLoadError(f"row {index} of the data set: {err} Raise the limit with --max-image-pixels N if "
+                                 "the data are trusted.") from err
+        except OSError as err:  # PIL decoding a corrupt or truncated image inside `datasets`
+            raise ImageLoadError(f"row {index} of the data set holds an image that cannot be decoded ({err}).") from err
         if image is None:
             raise ImageLoadError(f"row {index} of the data set has no image in column {self.image_column!r}.")
         return {"pixel_values": self.processor(to_rgb(image, name=f"row {index}"))["pixel_values"][0]}
@@ -67,7 +74,8 @@ def _find_image_column(dataset) -> str:
     for name in ("image", "img", "pixel_values"):
         if name in dataset.column_names:
             return name
-    raise ValueError(f"no image column in the data set (columns: {dataset.column_names}); pass image_column=.")
+    raise ValueError(f"the data set has no image column: its columns are {', '.join(dataset.column_names) or 'none'}; "
+                     "dove reads the column of `datasets.Image` type, or one named image, img or pixel_values.")
 
 
 def build_image_dataset(spec: str, processor, num_scenes: int = 1000, seed: int = 0, split: str = "train") -> Dataset:

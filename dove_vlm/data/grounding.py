@@ -18,6 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from .images import image_size
 from .synthetic import SyntheticScenes
 
 
@@ -78,10 +79,9 @@ def synthetic_grounding(scenes: SyntheticScenes, kinds: tuple[str, ...] = ("phra
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    if not path.is_file():
+    if not path.is_file() and not path.is_dir():
         raise FileNotFoundError(f"image file not found: {path} (referenced by the annotations).")
-    with Image.open(path) as image:
-        return image.size
+    return image_size(path)
 
 
 def load_visual_genome(region_descriptions: str | os.PathLike | None, image_dir: str | os.PathLike,
@@ -98,25 +98,41 @@ def load_visual_genome(region_descriptions: str | os.PathLike | None, image_dir:
         entries = _read_json(path)
         if not isinstance(entries, list):
             raise ValueError(f"{path}: expected a JSON list of per-image entries, got {type(entries).__name__}.")
-        for entry in entries[:max_images]:
-            items = entry.get("regions") if kind == "phrase" else entry.get("qas")
-            if items is None:
-                raise ValueError(f"{path}: an entry has no {'regions' if kind == 'phrase' else 'qas'} field "
-                                 f"(keys: {sorted(entry)}).")
-            for item in items:
+        for e, entry in enumerate(entries[:max_images]):
+            field_name = "regions" if kind == "phrase" else "qas"
+            if not isinstance(entry, dict):
+                raise ValueError(f"{path}: entry {e} is a JSON {type(entry).__name__}, not an object with {field_name}.")
+            items = entry.get(field_name)
+            if not isinstance(items, list):
+                raise ValueError(f"{path}: entry {e} has no {field_name} field holding a list (keys: {sorted(entry)}).")
+            for r, item in enumerate(items):
+                where = f"{path}: entry {e}, {field_name}[{r}]"
+                if not isinstance(item, dict):
+                    raise ValueError(f"{where} is a JSON {type(item).__name__}, not an object.")
                 image_id = item.get("image_id", entry.get("id", entry.get("image_id")))
+                if not isinstance(image_id, (int, str)) or isinstance(image_id, bool) or not str(image_id).strip():
+                    raise ValueError(f"{where} has no image_id (nor has its entry an id).")
+                if isinstance(image_id, str) and (os.sep in image_id or "/" in image_id or image_id.startswith(".")):
+                    raise ValueError(f"{where}: image_id {image_id!r} is not a plain name; images are "
+                                     f"{image_dir}/<image_id>.jpg.")
                 image_path = image_dir / f"{image_id}.jpg"
                 if kind == "phrase":
-                    text, raw = item.get("phrase", ""), [(item["x"], item["y"], item["x"] + item["width"],
-                                                          item["y"] + item["height"])]
-                    answer = None
+                    x, y, w, h = _numbers(item, ("x", "y", "width", "height"), where)
+                    text, raw, answer = item.get("phrase", ""), [(x, y, x + w, y + h)], None
                 else:
                     text, answer = item.get("question", ""), item.get("answer")
                     objects = list(item.get("q_objects") or []) + list(item.get("a_objects") or [])
-                    raw = [(o["x"], o["y"], o["x"] + o.get("w", o.get("width", 0)),
-                            o["y"] + o.get("h", o.get("height", 0))) for o in objects]
+                    raw = []
+                    for o, obj in enumerate(objects):
+                        size = tuple(k if k in obj else alt for k, alt in (("w", "width"), ("h", "height"))) \
+                            if isinstance(obj, dict) else ("w", "h")
+                        x, y, w, h = _numbers(obj, ("x", "y") + size, f"{where}, object {o}")
+                        raw.append((x, y, x + w, y + h))
                     if not raw:
                         continue
+                if not isinstance(text, str):
+                    raise ValueError(f"{where}: {'phrase' if kind == 'phrase' else 'question'} must be a string, got "
+                                     f"{type(text).__name__}.")
                 if not text.strip():
                     counter.samples += 1
                     continue
@@ -186,6 +202,21 @@ def load_open_images(class_descriptions: str | os.PathLike, image_dir: str | os.
     return samples
 
 
+def _numbers(item, keys, where: str) -> tuple[float, ...]:
+    """The numeric fields `keys` of an annotation object, or a ValueError naming the object and the field."""
+    if not isinstance(item, dict):
+        raise ValueError(f"{where} is a JSON {type(item).__name__}, not an object with {', '.join(keys)}.")
+    values = []
+    for key in keys:
+        value = item.get(key)
+        if value is None:
+            raise ValueError(f"{where} has no {key!r} (a box needs {', '.join(keys)}).")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
+            raise ValueError(f"{where}: {key!r} must be a finite number, got {value!r}.")
+        values.append(float(value))
+    return tuple(values)
+
+
 def _require(row: dict, keys, path) -> None:
     missing = [k for k in keys if k not in row or row[k] in (None, "")]
     if missing:
@@ -194,10 +225,14 @@ def _require(row: dict, keys, path) -> None:
 
 def _read_json(path):
     try:
-        with open(path) as handle:
+        with open(path, encoding="utf-8") as handle:
             return json.load(handle)
     except FileNotFoundError:
         raise FileNotFoundError(f"annotation file not found: {path}") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a folder, not a JSON annotation file.") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8.") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON ({err}).") from err
 

@@ -4,6 +4,7 @@ common mode (grey, grey+alpha, palette, RGBA, CMYK, 16-bit, float) becomes 8-bit
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,23 +17,95 @@ class ImageLoadError(ValueError):
     """An input could not be read as an image (the message names it)."""
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open `path` as an 8-bit RGB PIL image, fully decoded (so truncation is caught here, not later)."""
+# PIL's own default (about 89.5 megapixels, e.g. 9459 x 9459): a decompression-bomb guard for untrusted files.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+_max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+
+
+def set_max_image_pixels(limit: int | None) -> None:
+    """The largest image (width x height) any loader here opens; `None` lifts the limit (trusted files only).
+    Also PIL's `Image.MAX_IMAGE_PIXELS`, so images opened elsewhere in the process (e.g. by `datasets`) obey it."""
+    global _max_pixels
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"the image pixel limit must be an integer >= 1 (or None for no limit), got {limit!r}.")
+    _max_pixels = limit
+    Image.MAX_IMAGE_PIXELS = limit
+
+
+def max_image_pixels() -> int | None:
+    return _max_pixels
+
+
+def _too_large(name: str, width: int | None = None, height: int | None = None) -> ImageLoadError:
+    size = f" is {width}x{height} = {width * height:,} pixels," if width and height else ""
+    return ImageLoadError(f"{name}{size} over the limit of {_max_pixels:,} pixels (a guard against decompression "
+                          "bombs); if the file is trusted, raise the limit with --max-image-pixels N.")
+
+
+def check_image_pixels(image: Image.Image, name: str) -> None:
+    """Refuse an opened (not yet decoded) image over the pixel limit, naming it."""
+    if _max_pixels is not None and image.width * image.height > _max_pixels:
+        raise _too_large(name, image.width, image.height)
+
+
+def _open_error(path: Path, err: BaseException) -> Exception:
+    """The real cause of a failure to open or decode `path`, as one clear error naming it."""
+    if isinstance(err, Image.DecompressionBombError):
+        return _too_large(str(path))
+    if isinstance(err, PermissionError):
+        return PermissionError(f"cannot read the image {path}: permission denied.")
+    if isinstance(err, FileNotFoundError):
+        return FileNotFoundError(f"image file not found: {path}")
+    if isinstance(err, IsADirectoryError):
+        return ImageLoadError(f"{path} is a directory, not an image file.")
+    if isinstance(err, UnidentifiedImageError):
+        return ImageLoadError(f"{path} is not an image file PIL can read; pass a PNG/JPEG/... image.")
+    if isinstance(err, OSError) and err.errno is not None:  # an I/O error of the file system, not of the data
+        return OSError(err.errno, f"cannot read the image {path}: {err.strerror}")
+    return ImageLoadError(f"{path} is a corrupt or truncated image ({err}); re-export or remove it.")
+
+
+@contextmanager
+def _own_size_check():
+    """PIL's bomb check off while a file opens here: `check_image_pixels` then refuses it with its size."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """`(width, height)` of an image file from its header (nothing decoded), with `load_image`'s errors."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"image file not found: {path}")
     if path.is_dir():
         raise ImageLoadError(f"{path} is a directory, not an image file.")
     try:
-        with Image.open(path) as image:
+        with _own_size_check(), Image.open(path) as image:
+            check_image_pixels(image, str(path))
+            return image.size
+    except ImageLoadError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise _open_error(path, err) from err
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open `path` as an 8-bit RGB PIL image, fully decoded (so truncation is caught here, not later). Errors name
+    the file and the cause: missing, permission denied, not an image, over the pixel limit, corrupt or truncated."""
+    path = Path(path)
+    if path.is_dir():
+        raise ImageLoadError(f"{path} is a directory, not an image file.")
+    try:
+        with _own_size_check(), Image.open(path) as image:
+            check_image_pixels(image, str(path))
             image.load()
             return to_rgb(image, name=str(path))
-    except UnidentifiedImageError as err:
-        raise ImageLoadError(f"{path} is not an image file PIL can read ({err}); pass a PNG/JPEG/... image.") from err
-    except (OSError, SyntaxError, ValueError) as err:
-        if isinstance(err, ImageLoadError):
-            raise
-        raise ImageLoadError(f"{path} is a corrupt or truncated image ({err}); re-export or remove it.") from err
+    except ImageLoadError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise _open_error(path, err) from err
 
 
 def to_rgb(image: Image.Image | np.ndarray, name: str = "image") -> Image.Image:

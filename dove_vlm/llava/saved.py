@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..checkpoints import looks_local
+from ..checkpoints import LORA_INFO_FILE, describe_mismatch, looks_local, quiet_loading
 from ..tower_settings import TowerSettings
 from ..vision_tower import DoveVisionTower
 from .modeling_dove_llava import DoveLlavaForConditionalGeneration
@@ -22,7 +22,6 @@ from .processing_dove_llava import DoveLlavaProcessor
 
 PROJECTOR = "multi_modal_projector"
 ADAPTER_DIR, TOWER_DIR, MERGED_DIR = "adapter", "tower", "merged"
-LORA_INFO_FILE = "dove_llava_lora.json"
 
 
 def load_base_llava(path: str) -> DoveLlavaForConditionalGeneration:
@@ -31,14 +30,29 @@ def load_base_llava(path: str) -> DoveLlavaForConditionalGeneration:
     if not os.path.exists(path) and path.startswith((".", "/", "~")):
         raise FileNotFoundError(f"base model {path!r} does not exist; pass a folder written by "
                                 "`dove llava-train --stage base` or a LLaVA checkpoint.")
-    model, info = DoveLlavaForConditionalGeneration.from_pretrained(path, output_loading_info=True)
+    model, info = _from_pretrained(path)
     missing = [k for k in info.get("missing_keys", []) if "vision_tower" not in k and "lm_head" not in k]
+    wrong = describe_mismatch({k: v for k, v in info.items() if k != "missing_keys"}, path)
+    if wrong:
+        raise ValueError(wrong)
     if missing:
         projector = [k for k in missing if PROJECTOR in k]
         what = "the multimodal projector" if projector else "language-model weights"
         raise ValueError(f"the base model {path!r} is missing {what} ({', '.join(sorted(missing)[:4])}); it would be "
                          "randomly initialised. Pass a complete LLaVA checkpoint (projector + language model).")
     return model
+
+
+def _from_pretrained(path) -> tuple[DoveLlavaForConditionalGeneration, dict]:
+    """`from_pretrained` with its loading info, quietly (no per-key report), failures as one clear error."""
+    try:
+        with quiet_loading():
+            return DoveLlavaForConditionalGeneration.from_pretrained(path, output_loading_info=True)
+    except (OSError, RuntimeError, ValueError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise ValueError(f"cannot load the DOVE-LLaVA model in {str(path)!r}: {first}") from err
 
 
 def build_processor(tower: DoveVisionTower, tokenizer) -> DoveLlavaProcessor:
@@ -162,7 +176,11 @@ def load_llava_lora(output_dir: str | os.PathLike, merged: bool = False, base_mo
     if merged:
         if not (root / MERGED_DIR / "config.json").is_file():
             raise FileNotFoundError(f"no merged model in {root / MERGED_DIR}; train with --merge or call merge_adapter.")
-        model = DoveLlavaForConditionalGeneration.from_pretrained(root / MERGED_DIR).eval()
+        model, info = _from_pretrained(root / MERGED_DIR)
+        wrong = describe_mismatch(info, root / MERGED_DIR, ignore_missing=("lm_head",))
+        if wrong:
+            raise ValueError(wrong)
+        model = model.eval()
         tower = model.model.vision_tower
     else:
         info_file = root / LORA_INFO_FILE
@@ -191,7 +209,11 @@ def load_dove_llava(pretrained: str | os.PathLike, base_model: str | None = None
     if not (root / "config.json").is_file():
         raise FileNotFoundError(f"{root} holds neither a DOVE-LLaVA model (config.json) nor a LoRA stage "
                                 f"({LORA_INFO_FILE}).")
-    model = DoveLlavaForConditionalGeneration.from_pretrained(root).eval()
+    model, info = _from_pretrained(root)
+    wrong = describe_mismatch(info, root, ignore_missing=("lm_head",))
+    if wrong:
+        raise ValueError(wrong)
+    model = model.eval()
     tower = model.model.vision_tower
     if not isinstance(tower, DoveVisionTower):
         raise TypeError(f"{root} has a {type(tower).__name__} vision tower, not a DOVE tower.")

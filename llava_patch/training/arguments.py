@@ -6,6 +6,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from pathlib import Path
+
+from dove_vlm.checks import check_float, check_int, check_seed
 from dove_vlm.tower_settings import TowerMode, TowerSettings
 
 STAGES = ("base", "lora")
@@ -112,9 +115,75 @@ class LlavaTrainingArguments(TowerSettings):
                      "num_train_scenes", "lora_r"):
             if name == "max_steps" and self.init_adapter is not None and self.max_steps == 0:
                 continue  # the started adapter as it is, on this stage's tower (saved and scored)
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}"
-                                 + (" (0 only with --init-adapter)." if name == "max_steps" else "."))
+            if name == "max_steps" and self.max_steps == 0:
+                raise ValueError("--max-steps must be >= 1, got 0 (0 only with --init-adapter).")
+            check_int(name, getattr(self, name), 1)
+        self.validate()
+
+    def validate(self) -> None:
+        """The ranges and combinations beyond the tower settings (no file is read: see `check_inputs`)."""
+        if not isinstance(self.output_dir, str) or not self.output_dir.strip():
+            raise ValueError("--output-dir must name a folder.")
+        check_seed(self.seed)
+        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "log_every",
+                     "lora_alpha"):
+            check_int(name, getattr(self, name), 1)
+        for name in ("warmup_steps", "eval_scenes", "keep_checkpoints"):
+            check_int(name, getattr(self, name), 0)
+        for name in ("questions_per_scene", "eval_questions_per_scene"):
+            check_int(name, getattr(self, name), 1, optional=True)
+        check_float("learning_rate", self.learning_rate, 0.0, low_open=True)
+        check_float("max_grad_norm", self.max_grad_norm, 0.0, low_open=True)
+        check_float("weight_decay", self.weight_decay, 0.0)
+        check_float("lora_dropout", self.lora_dropout, 0.0, 1.0, high_open=True)
+        if self.stage == "base" and self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"--hidden-size {self.hidden_size} is not divisible by --num-attention-heads "
+                             f"{self.num_attention_heads}: each head gets hidden_size / heads dimensions.")
+        if self.stage == "base" and (self.hidden_size // self.num_attention_heads) % 2:
+            raise ValueError(f"--hidden-size / --num-attention-heads = {self.hidden_size // self.num_attention_heads} "
+                             "must be even (rotary position embeddings rotate pairs of dimensions).")
+        targets = self.target_modules
+        unknown = sorted(set(targets) - set(LORA_TARGETS))
+        if not targets or unknown:
+            raise ValueError(f"--lora-target-modules {self.lora_target_modules!r}: give a comma-separated subset of "
+                             f"{', '.join(LORA_TARGETS)}" + (f" (unknown: {', '.join(unknown)})." if unknown else "."))
+
+    def inputs(self) -> dict[str, str | None]:
+        """`{flag: path}` of everything the stage reads (for the output-folder checks)."""
+        return {"--tower": self.tower, "--base-model": self.base_model, "--init-adapter": self.init_adapter}
+
+    def check_inputs(self) -> None:
+        """The inputs exist and are of the right kind, before any work: `--tower` a DOVE checkpoint or tower folder
+        (a Q-DOVE one for the query modes), `--base-model` a base stage or LLaVA checkpoint, `--init-adapter` a lora
+        stage folder."""
+        from dove_vlm.checkpoints import check_checkpoint_dir, check_source, model_kind, supports_queries
+
+        check_source(self.tower, "--tower", "a DOVE checkpoint (`dove train` output) or a tower folder")
+        if Path(self.tower).exists():
+            kind = model_kind(self.tower)
+            if kind not in ("dove", "dove_vision_tower"):
+                raise ValueError(f"--tower {self.tower} holds {_kind_name(kind)}, not a DOVE checkpoint or tower folder "
+                                 "(a `dove train` output).")
+            check_checkpoint_dir(self.tower)
+            if self.mode in (TowerMode.QUERY, TowerMode.QUERY_NULL) and not supports_queries(self.tower):
+                raise ValueError(f"--mode {self.mode.value} needs a Q-DOVE tower (`dove train --query`); --tower "
+                                 f"{self.tower} is a plain DOVE model. Use --mode adaptive.")
+        if self.base_model is not None:
+            check_source(self.base_model, "--base-model", "a `dove llava-train --stage base` folder or a LLaVA "
+                         "checkpoint")
+            if Path(self.base_model).exists():
+                kind = model_kind(self.base_model)
+                if kind not in ("dove_llava", "llava"):
+                    raise ValueError(f"--base-model {self.base_model} holds {_kind_name(kind)}; pass a folder written "
+                                     "by `dove llava-train --stage base` or a LLaVA checkpoint.")
+                check_checkpoint_dir(self.base_model)
+        if self.init_adapter is not None:
+            if not Path(self.init_adapter).is_dir():
+                raise FileNotFoundError(f"--init-adapter {self.init_adapter}: no such folder; pass an earlier "
+                                        "`dove llava-train --stage lora` output.")
+            if model_kind(self.init_adapter) != "llava_lora":
+                raise ValueError(f"--init-adapter {self.init_adapter} is not a `dove llava-train --stage lora` output "
+                                 "(no dove_llava_lora.json and adapter/).")
 
     @property
     def target_modules(self) -> list[str]:
@@ -130,3 +199,9 @@ class LlavaTrainingArguments(TowerSettings):
         out["mode"] = self.mode.value
         return out
 
+
+
+def _kind_name(kind: str) -> str:
+    return {"unknown": "no model (no config.json)", "llava_lora": "a `dove llava-train --stage lora` output",
+            "dove_llava": "a DOVE-LLaVA model", "dove_vision_tower": "a DOVE vision tower",
+            "dove": "a DOVE tokenizer checkpoint"}.get(kind, f"a {kind!r} model")

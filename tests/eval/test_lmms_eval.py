@@ -165,11 +165,11 @@ def test_finished_runs_are_reused_only_with_the_same_inputs(llava_dir, task_yaml
     assert "reusing the finished lmms-eval run" in capsys.readouterr().out
     again = json.loads((out / "comparison.json").read_text())["rows"][0]
     assert again["accuracy"] == row["accuracy"] and again["results_file"] == row["results_file"]
-    assert main([*command, "--rerun"]) == 1 and calls == ["query"]
-    assert main([*command[:-5], "--batch-size", "2", "--limit", "4", "--no-side-by-side"]) == 1  # other options
+    assert main([*command, "--rerun"]) == 2 and calls == ["query"]
+    assert main([*command[:-5], "--batch-size", "2", "--limit", "4", "--no-side-by-side"]) == 2  # other options
     config = model / "config.json"
     os.utime(config, ns=(config.stat().st_atime_ns, config.stat().st_mtime_ns + 10**9))  # the model was retrained
-    assert main(command) == 1 and calls == ["query", "query", "query"]
+    assert main(command) == 2 and calls == ["query", "query", "query"]
 
 
 def test_failed_runs_exit_non_zero_with_the_cause(llava_dir, task_yaml, tmp_path, monkeypatch, capsys):
@@ -187,7 +187,8 @@ def test_failed_runs_exit_non_zero_with_the_cause(llava_dir, task_yaml, tmp_path
     code = main(["eval", "compare", "--task", str(task_yaml), "--qdove-model", llava_dir, "--modes", "query",
                  "--output-dir", str(tmp_path / "bad")])
     err = capsys.readouterr().err
-    assert code == 1 and "wrote no results" in err and "exit code 0" in err and "the model raised" in err
+    assert code == 2 and "wrote no results" in err and "exit code 0" in err and "the model raised" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err  # one line, naming the log
     # missing task data: refused before lmms-eval starts
     missing = tmp_path / "tasks" / "gone.yaml"
     missing.parent.mkdir()

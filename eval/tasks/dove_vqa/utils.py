@@ -23,6 +23,13 @@ def validate_records(records, source: str = "the task data") -> None:
         if missing:
             raise ValueError(f"{source}: record {i} (id {record.get('id', i)!r}) lacks {', '.join(missing)}; every "
                              f"record needs {', '.join(REQUIRED_FIELDS)}.")
+        for name in ("image", "question"):
+            if not isinstance(record[name], str):
+                raise ValueError(f"{source}: record {i} (id {record.get('id', i)!r}): field {name!r} must be a string, "
+                                 f"got {type(record[name]).__name__}.")
+        if isinstance(record["answer"], (bool, list, dict)):
+            raise ValueError(f"{source}: record {i} (id {record.get('id', i)!r}): field 'answer' must be a string or "
+                             f"a number, got {type(record['answer']).__name__}.")
         if not os.path.isfile(record["image"]):
             raise FileNotFoundError(f"{source}: record {i} (id {record.get('id', i)!r}) names image "
                                     f"{record['image']!r}, which does not exist.")
