@@ -262,6 +262,15 @@ def task_of(task_yaml: str | os.PathLike) -> tuple[str, Path]:
     raise ValueError(f"{path} has no `task:` line.")
 
 
+def task_data_file(task_yaml: str | os.PathLike, recorded: str) -> str:
+    """Where a task's data file is now: as recorded in its YAML, or, for an exported task folder that was moved or
+    copied, the file of that name beside the `tasks/` folder (`materialize_task` then resolves its images)."""
+    if os.path.isfile(recorded):
+        return recorded
+    moved = Path(task_yaml).resolve().parent.parent / Path(recorded).name
+    return str(moved) if moved.is_file() else recorded
+
+
 def check_task_data(task_yaml: str | os.PathLike) -> None:
     """Refuse a task whose local data files are missing before lmms-eval starts (it would try the hub)."""
     import yaml
@@ -273,7 +282,7 @@ def check_task_data(task_yaml: str | os.PathLike) -> None:
     files = (config.get("dataset_kwargs") or {}).get("data_files") or {}
     for name in files.values() if isinstance(files, dict) else [files]:
         for f in [name] if isinstance(name, str) else name:
-            if "://" not in f and not Path(f).is_file():
+            if "://" not in f and not Path(task_data_file(task_yaml, f)).is_file():
                 raise FileNotFoundError(f"the data file {f} of task {task_yaml} does not exist; write it with "
                                         "`dove eval export`.")
 

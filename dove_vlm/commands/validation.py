@@ -187,7 +187,7 @@ def load_task_yaml(path: str) -> dict:
 
 def check_compare(ns) -> list[str]:
     """`dove eval compare`'s flags and inputs (before lmms-eval starts); returns the task's data files."""
-    from eval.compare import read_records
+    from eval.compare import read_records, task_data_file
 
     config = load_task_yaml(ns.task)
     files = (config.get("dataset_kwargs") or {}).get("data_files") or {}
@@ -197,6 +197,7 @@ def check_compare(ns) -> list[str]:
     for name in names:
         if not isinstance(name, str) or "://" in name:
             continue
+        name = task_data_file(ns.task, name)
         if not os.path.isfile(name):
             raise FileNotFoundError(f"the data file {name} of task {ns.task} does not exist; write it with "
                                     "`dove eval export`.")
