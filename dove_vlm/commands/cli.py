@@ -417,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     ns.command_line = " ".join(["dove", *(sys.argv[1:] if argv is None else map(str, argv))])
     command = ns.command + (f" {ns.eval_command}" if ns.command == "eval" else "")
     if getattr(ns, "preset", None) is not None and ns.preset not in PRESETS:
-        parser._subparsers._group_actions[0].choices[ns.command].error(f"unknown preset {ns.preset!r}; choose one of: {', '.join(sorted(PRESETS))}")
+        subparser = parser._subparsers._group_actions[0].choices[ns.command]
+        subparser.error(f"unknown preset {ns.preset!r}; choose one of: {', '.join(sorted(PRESETS))}")
     if hasattr(ns, "max_image_pixels"):
         from ..data.images import set_max_image_pixels
 
@@ -431,13 +432,29 @@ def main(argv: list[str] | None = None) -> int:
     except expected as err:
         print(f"dove {command}: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
+    except RuntimeError as err:
+        if not _is_out_of_memory(err):
+            _report_bug(command, err)
+            return EXIT_BUG
+        print(f"dove {command}: error: {_one_line(MemoryError(str(err)))}", file=sys.stderr)
+        return EXIT_USAGE
     except Exception as err:
-        import traceback
-
-        traceback.print_exc()
-        print(f"dove {command}: internal error ({type(err).__name__}): this is a bug in dove, not in your input; "
-              "please report it with the traceback above.", file=sys.stderr)
+        _report_bug(command, err)
         return EXIT_BUG
+
+
+def _is_out_of_memory(err: RuntimeError) -> bool:
+    """torch's CPU allocator says so in a plain RuntimeError (CUDA raises `torch.OutOfMemoryError`)."""
+    text = str(err).lower()
+    return "not enough memory" in text or "out of memory" in text
+
+
+def _report_bug(command: str, err: BaseException) -> None:
+    import traceback
+
+    traceback.print_exc()
+    print(f"dove {command}: internal error ({type(err).__name__}): this is a bug in dove, not in your input; please "
+          "report it with the traceback above.", file=sys.stderr)
 
 
 if __name__ == "__main__":

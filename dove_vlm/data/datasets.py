@@ -108,5 +108,8 @@ def build_image_dataset(spec: str, processor, num_scenes: int = 1000, seed: int 
             if split not in dataset:
                 raise ValueError(f"{spec} has splits {list(dataset)}, not {split!r}.")
             dataset = dataset[split]
-        return HFImageDataset(dataset, processor)
+        try:
+            return HFImageDataset(dataset, processor)
+        except ValueError as err:
+            raise ValueError(f"{spec}: {err}") from err
     return ImageFolderDataset(path, processor)

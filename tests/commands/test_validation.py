@@ -304,3 +304,22 @@ def test_ctrl_c_advice_matches_the_command(inputs, task_yaml, tmp_path, monkeypa
     code, _, err = run_dove(argv)
     assert code == 130 and advice in err and "Traceback" not in err
     assert not_advice is None or not_advice not in err
+
+
+def test_demo_reruns_into_its_own_folder_but_not_into_a_foreign_one(tmp_path, monkeypatch):
+    import dove_vlm.commands.demo as demo
+
+    calls = []
+    monkeypatch.setattr(demo, "run_demo", lambda output_dir, **kwargs: calls.append(output_dir) or "report")
+    finished = tmp_path / "demo"
+    (finished / "tokenizer").mkdir(parents=True)
+    (finished / "report.md").write_text("# dove demo report")
+    code, out, err = run_dove(["demo", "--output-dir", finished, "--no-llava"])
+    assert code == 0 and calls == [str(finished)], err  # an earlier demo's folder: its stages are reused
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("keep")
+    code, _, err = run_dove(["demo", "--output-dir", tmp_path / "mine"])
+    one_line_error(code, err, "demo", "not a dove demo's", "thesis.tex")
+    code, _, err = run_dove(["demo", "--output-dir", finished, "--jobs", "0"])
+    one_line_error(code, err, "demo", "--jobs")
+    assert calls == [str(finished)]
