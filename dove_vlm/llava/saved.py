@@ -168,7 +168,8 @@ def resolve_base_model(root: str | os.PathLike, info: dict[str, Any], key: str =
     tried = [root / entry["relative"]] if entry.get("relative") else []
     tried += [Path(entry["absolute"])] if entry.get("absolute") else []
     for candidate in tried:
-        if (candidate / "config.json").is_file() or (candidate.is_file() and key == "language_model"):
+        if (candidate / "config.json").is_file() or (candidate / ALIGN_INFO_FILE).is_file() or (
+                candidate.is_file() and key == "language_model"):
             return str(candidate)
     tried = [str(c) for c in tried]
     raise FileNotFoundError(f"the {key.replace('_', ' ')} of the stage in {root} is missing: looked for it at "

@@ -100,7 +100,8 @@ class PromptEncoder:
             if not prompt.startswith(text) or not full.startswith(prompt):
                 raise ValueError("the chat template renders a conversation's earlier turns differently once later "
                                  "turns are added, so answers cannot be located; train one turn per example.")
-            spans.append((len(prompt), len(full), bool(r.get("label", True))))
+            # The answer and the end-of-turn token(s) after it; not the whitespace that only separates turns.
+            spans.append((len(prompt), len(full.rstrip()), bool(r.get("label", True))))
             text = full
         return text, spans
 
