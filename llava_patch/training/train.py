@@ -280,8 +280,9 @@ def train_llava(args: LlavaTrainingArguments) -> dict:
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --learning-rate or use fp32.")
         if step % args.log_every == 0 or step == args.max_steps - 1:
-            history.append({"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]})
-            progress.set_postfix(loss=f"{loss.item():.4f}")
+            logged = accelerator.reduce(loss.detach(), reduction="mean").item()  # the step's loss over all processes
+            history.append({"step": step, "loss": logged, "lr": scheduler.get_last_lr()[0]})
+            progress.set_postfix(loss=f"{logged:.4f}")
         done = step + 1
         if accelerator.is_main_process and (done % args.checkpoint_every == 0 or done == args.max_steps):
             save_checkpoint(output_dir, done, to_save, optimizer, scheduler,
