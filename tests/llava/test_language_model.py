@@ -145,3 +145,33 @@ def test_stage_arguments_are_checked(dove_dir):
     with pytest.raises(ValueError, match="with --data-path"):
         LlavaTrainingArguments(output_dir="x", stage="finetune", tower=dove_dir, base_model="b", data_path="d.json",
                                captions=True)
+
+
+def test_q_dove_takes_each_human_turn_as_that_turns_query(qdove_dir, micro_lm_dir, tmp_path):
+    """User conversations on a query-mode tower: one example per human turn (earlier turns as context, only that
+    turn's answer trained), its image encoded with that turn's question."""
+    from dove_vlm.vision_tower import DoveVisionTower
+    from llava_patch.training.features import TowerFeatureCache
+    from llava_patch.training.train import training_examples
+    from tests.llava.test_user_data_cli import write_user_data
+
+    data, _ = write_user_data(tmp_path, scenes=3)
+    args = LlavaTrainingArguments(output_dir=str(tmp_path / "q"), stage="finetune", tower=qdove_dir, mode="query",
+                                  language_model=micro_lm_dir, data_path=str(data),
+                                  image_folder=str(tmp_path / "images"), **dict(FINETUNE, max_steps=1, eval_scenes=0))
+    records, examples = training_examples(args, 32)
+    assert len(examples) == 3 * 3 + 1 and len(records) == 3 * 3 + 1  # 3 turns per image + the text-only sample
+    tower = DoveVisionTower.from_pretrained(qdove_dir, mode="query")
+    cache = TowerFeatureCache(tower, examples, batch_size=4)
+    from llava_patch.training.conversations import load_record_image
+
+    with_image = [i for i, e in enumerate(examples) if e[0]["image"] is not None]
+    pixels = tower.image_processor([load_record_image(examples[i][0]) for i in with_image],
+                                   return_tensors="pt")["pixel_values"]
+    asked = tower(pixels, queries=[examples[i][-1]["question"] for i in with_image]).features
+    for got, want in zip(cache.features(with_image), asked):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert len({examples[i][-1]["question"] for i in with_image}) > 3
+    assert [r.get("label") for r in examples[2]] == [False, False, True]  # turns 1-2 are context for turn 3
+    metrics = train_llava(args)  # and it trains
+    assert metrics["num_train_examples"] == 10 and metrics["mode"] == "query"
