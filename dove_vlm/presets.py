@@ -157,6 +157,21 @@ LLAVA_DEMO_LORA: dict[str, Any] = dict(max_steps=1200, learning_rate=2e-3, warmu
 LLAVA_DEMO_QDOVE: dict[str, Any] = dict(turns_per_image=1, batch_size=32, num_train_scenes=1000, max_steps=0,
                                         query_min_tokens=12, query_max_tokens=16)
 
+# The same rows on a pretrained language model (`dove demo --language-model PATH`; sized for SmolLM2-135M-Instruct on
+# a 2-core CPU, where a training step costs ~100x the tiny LM's): LLaVA-1.5's two stages per tower. `align` trains
+# the projector alone on the dense caption turns (the LM frozen); `finetune` trains LoRA + the projector on the
+# questions and captions, 8 questions about one image per example (one pass over its image tokens trains 8
+# answers). Q-DOVE keeps the DOVE finetune's adapter, as in the tiny recipe. 500 held-out questions per row.
+LLAVA_LM_DEMO_SHARED: dict[str, Any] = dict(eval_scenes=250, eval_questions_per_scene=2, batch_size=16,
+                                            checkpoint_every=50, eval_batch_size=32, log_every=5)
+LLAVA_LM_DEMO_ALIGN: dict[str, Any] = dict(num_train_scenes=1200, max_steps=60, learning_rate=2e-3, warmup_steps=5,
+                                           eval_scenes=0)
+LLAVA_LM_DEMO_FINETUNE: dict[str, Any] = dict(num_train_scenes=1200, captions=True, turns_per_image=8, max_steps=40,
+                                              learning_rate=1e-3, warmup_steps=4, lora_r=16, lora_alpha=32)
+LLAVA_LM_DEMO_DOVE: dict[str, Any] = dict(feature="hidden", min_tokens=24)
+LLAVA_LM_DEMO_QDOVE: dict[str, Any] = dict(turns_per_image=1, captions=False, num_train_scenes=50, max_steps=0,
+                                           query_min_tokens=12, query_max_tokens=16)
+
 # --- `dove eval compare` ------------------------------------------------------------------------------------------
 
 # Adapter options of every comparison row: one batched VQGAN call per batch (faster on CPU; last-bit differences

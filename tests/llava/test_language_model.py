@@ -175,3 +175,28 @@ def test_q_dove_takes_each_human_turn_as_that_turns_query(qdove_dir, micro_lm_di
     assert [r.get("label") for r in examples[2]] == [False, False, True]  # turns 1-2 are context for turn 3
     metrics = train_llava(args)  # and it trains
     assert metrics["num_train_examples"] == 10 and metrics["mode"] == "query"
+
+
+def test_lm_demo_rows_and_report(dove_dir, qdove_dir, micro_lm_dir, tmp_path):
+    """`dove demo --language-model`'s LLaVA part: align + finetune for grid and DOVE, Q-DOVE on the DOVE adapter,
+    a table that names the LM (beside the tiny LM's rows when they are there), reused on a rerun; the closing
+    side-by-side latency of the three rows."""
+    from dove_vlm.commands.llava_demo import lm_demo_dir, lm_latency_report, run_llava_lm_demo
+
+    (tmp_path / "llava_results.json").write_text(json.dumps({"stages": {"grid (base LLaVA)": {
+        "mode": "grid", "accuracy": 0.47}}}))
+    settings = dict(shared=dict(MICRO_DATA, eval_scenes=3, eval_questions_per_scene=1),
+                    align=dict(max_steps=1, num_train_scenes=8), finetune=dict(max_steps=1, num_train_scenes=8,
+                                                                              lora_r=2, turns_per_image=4),
+                    dove=dict(min_tokens=2), qdove=dict(num_train_scenes=4), log=lambda *_: None)
+    table, results = run_llava_lm_demo(micro_lm_dir, dove_dir, qdove_dir, str(tmp_path), **settings)
+    root = lm_demo_dir(tmp_path, micro_lm_dir)
+    assert [s["mode"] for s in results["stages"].values()] == ["grid", "adaptive", "query"]
+    assert f"Language model: {micro_lm_dir}" in table and "| 47.0% |" in table  # the tiny LM's grid row beside
+    assert {p.name for p in root.iterdir()} >= {"grid_align", "grid", "dove_align", "dove", "qdove", "llava_report.md"}
+    stamps = {p.name: (p / "metrics.json").stat().st_mtime_ns for p in root.iterdir() if (p / "metrics.json").is_file()}
+    assert run_llava_lm_demo(micro_lm_dir, dove_dir, qdove_dir, str(tmp_path), **settings)[0] == table
+    assert stamps == {n: (root / n / "metrics.json").stat().st_mtime_ns for n in stamps}  # every stage reused
+    report = lm_latency_report(tmp_path, micro_lm_dir, limit=4, batch_size=2)
+    assert "| grid |" in report and "| adaptive |" in report and "| query |" in report
+    assert json.loads((root / "latency.json").read_text())["limit"] == 4
