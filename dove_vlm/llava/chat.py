@@ -67,7 +67,7 @@ def render(owner, turns: Sequence[dict], add_generation_prompt: bool = False, im
             continue
         if isinstance(text, list):
             text = text[0]
-        if text.count(image_token) == images and all(t["text"] in text for t in turns):
+        if text.count(image_token) == images and all(t["text"].strip() in text for t in turns):
             _FORMATS[template] = form
             return text
         errors.append(f"{form}: the rendered text lost the image marker or a message")
