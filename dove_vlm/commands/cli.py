@@ -200,8 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from llava_patch.training import LlavaTrainingArguments
 
-    p_llava = sub.add_parser("llava-train", help="train LLaVA on a DOVE tower: --stage base (tiny LLaVA on the grid "
-                             "tower) or --stage lora (LoRA + projector on a DOVE / Q-DOVE tower)")
+    p_llava = sub.add_parser("llava-train", help="train LLaVA on a DOVE tower: --stage align then finetune on a "
+                             "pretrained LM (--language-model: hub id, folder or .gguf), --stage base (tiny LLaVA on "
+                             "the grid tower) or --stage lora (= finetune: LoRA + projector on a DOVE / Q-DOVE tower)")
     _add_dataclass_arguments(p_llava, LlavaTrainingArguments)
     p_llava.set_defaults(func=_llava_train)
 
