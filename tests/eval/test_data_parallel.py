@@ -43,6 +43,7 @@ def _run(launcher: list[str], llava_dir, task_yaml, out: Path) -> tuple[dict, di
     return rows, json.loads(Path(results[0]).read_text()), log
 
 
+@pytest.mark.slow  # three lmms-eval processes: ~1.5 min on the 2-core CPU
 def test_two_ranks_each_answer_their_share_and_merge_to_one_process(llava_dir, task_yaml, tmp_path):
     one, one_results, _ = _run([sys.executable], llava_dir, task_yaml, tmp_path / "one")
     two, two_results, log = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",

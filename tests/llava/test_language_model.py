@@ -177,6 +177,7 @@ def test_q_dove_takes_each_human_turn_as_that_turns_query(qdove_dir, micro_lm_di
     assert metrics["num_train_examples"] == 10 and metrics["mode"] == "query"
 
 
+@pytest.mark.slow
 def test_lm_demo_rows_and_report(dove_dir, qdove_dir, micro_lm_dir, tmp_path):
     """`dove demo --language-model`'s LLaVA part: align + finetune for grid and DOVE, Q-DOVE on the DOVE adapter,
     a table that names the LM (beside the tiny LM's rows when they are there), reused on a rerun; the closing
