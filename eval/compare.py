@@ -644,7 +644,7 @@ def demo_comparison(demo_dir: str | os.PathLike, seed: int = 0, fixed_k: tuple[i
 
 def side_by_side_latency(specs: list[RunSpec], task_yaml: str | os.PathLike, batch_size: int = 16,
                          limit: int | None = None, rounds: int = 3, window: int | None = None,
-                         stats: dict | None = None) -> dict:
+                         stats: dict | None = None, max_new_tokens: int = 4, fixed_length: bool = False) -> dict:
     """Seconds per sample of every row, measured in one process with the rows interleaved (the adapter's own
     inference path, `DoveLlava._generate`: tower, processor, length-bucketed greedy generation), so that a shared
     machine's load drifts alike for all rows; the ratios to grid come from here.
@@ -654,7 +654,9 @@ def side_by_side_latency(specs: list[RunSpec], task_yaml: str | os.PathLike, bat
     repeats the whole pass (after one untimed warm-up batch per row); a row's figure is the median over rounds.
     `stats`, when given, receives each row's mean tokens per image and prompt length, and where its time goes:
     seconds per sample in the tower (`tower_seconds_per_sample`) and in the language model's `generate`
-    (`language_model_seconds_per_sample`), from the median round."""
+    (`language_model_seconds_per_sample`), from the median round. Answers are up to `max_new_tokens` long; with
+    `fixed_length` every row generates exactly that many (no end-of-sequence stop: untrained rows then do the same
+    work)."""
     from PIL import Image
 
     from eval.lmms_adapter import DoveLlava
@@ -664,6 +666,9 @@ def side_by_side_latency(specs: list[RunSpec], task_yaml: str | os.PathLike, bat
     records = records[:limit] if limit else records
     models = {s.name: DoveLlava(pretrained=s.pretrained, tower_mode=s.mode, batch_size=batch_size, **s.model_args)
               for s in specs}
+    if fixed_length:
+        for adapter in models.values():
+            adapter.model.generation_config.eos_token_id = None
     names = list(models)
     window = window or batch_size * min(m.bucket_window for m in models.values())
     windows = []
@@ -671,7 +676,7 @@ def side_by_side_latency(specs: list[RunSpec], task_yaml: str | os.PathLike, bat
         batch = records[start : start + window]
         windows.append(([Image.open(r["image"]).convert("RGB") for r in batch], [r["question"] for r in batch]))
     for name in names:  # warm-up: first-call allocations are not part of any row's time
-        models[name]._generate(windows[0][0][:batch_size], windows[0][1][:batch_size], 4)
+        models[name]._generate(windows[0][0][:batch_size], windows[0][1][:batch_size], max_new_tokens)
     per_round = {name: [] for name in names}
     step = 0
     for _ in range(max(1, rounds)):
@@ -680,7 +685,8 @@ def side_by_side_latency(specs: list[RunSpec], task_yaml: str | os.PathLike, bat
         for images, questions in windows:
             for name in names[step % len(names):] + names[: step % len(names)]:  # rotate the order every window
                 t0 = time.perf_counter()
-                _, lengths, prompt_lengths, _, _ = models[name]._generate(images, questions, 4, timings=parts[name])
+                _, lengths, prompt_lengths, _, _ = models[name]._generate(images, questions, max_new_tokens,
+                                                                          timings=parts[name])
                 totals[name] += time.perf_counter() - t0
                 if stats is not None:
                     row = stats.setdefault(name, {"tokens": 0, "prompt_tokens": 0, "samples": 0})
@@ -697,3 +703,22 @@ def side_by_side_latency(specs: list[RunSpec], task_yaml: str | os.PathLike, bat
         for part in ("tower", "language_model"):
             row[f"{part}_seconds_per_sample"] = medians[name][1].get(part, 0.0) / len(records)
     return {name: seconds for name, (seconds, _) in medians.items()}
+
+
+def latency_table(seconds: dict, stats: dict) -> str:
+    """Markdown table of a `side_by_side_latency` run: per row the tokens per image, the prompt length (text +
+    image tokens), seconds per sample split into tower and LM, and the speed-ups vs grid beside their limit, the
+    prompt-length ratio (what the LM could save if its cost were proportional to the prompt)."""
+    names = list(seconds)
+    grid = "grid" if "grid" in seconds else names[0]
+    lines = ["| mode | tokens / image | prompt tokens | latency / sample | speed-up vs grid | tower + LM / sample | "
+             "LM speed-up vs grid | prompt-length ratio (limit) |", "|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        row, ref = stats[name], stats[grid]
+        lm = row["language_model_seconds_per_sample"]
+        lines.append(f"| {name} | {row['tokens_per_image']:.1f} | {row['prompt_tokens_mean']:.1f} | "
+                     f"{1000 * seconds[name]:.1f} ms | {seconds[grid] / seconds[name]:.2f}× | "
+                     f"{1000 * row['tower_seconds_per_sample']:.1f} + {1000 * lm:.1f} ms | "
+                     f"{ref['language_model_seconds_per_sample'] / lm:.2f}× | "
+                     f"{ref['prompt_tokens_mean'] / row['prompt_tokens_mean']:.2f}× |")
+    return "\n".join(lines)

@@ -15,10 +15,17 @@ every request returns a `GenerationResult` whose `TokenCounts` hold the prompt l
 answer length (per sample, in the samples log and `efficiency`), and every sample is logged with
 `gen_metrics.log_metrics` (`throughput.avg_latency` = seconds per sample, `throughput.avg_image_tokens` and
 `avg_image_tokens_sq` give the mean and std of tokens per image).
+
+Data parallel: under lmms-eval's multi-process launch (`accelerate launch --num_processes N -m lmms_eval ...`, or
+`torchrun --nproc_per_node N -m lmms_eval ...`; gloo on a CPU), the adapter joins the process group through
+accelerate, each process loads the model on its own device and answers its share of the requests (lmms-eval
+hands every rank its documents and gathers the logged samples and metrics on rank 0), so the merged results are
+one process's.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
@@ -118,6 +125,12 @@ class DoveLlava(lmms):
         self.use_queries = self.tower.supports_queries
         wants_cuda = bool(device) and str(device).startswith("cuda")
         self.device = torch.device(device if device and (not wants_cuda or torch.cuda.is_available()) else "cpu")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # lmms-eval's data-parallel launch: one share per process
+            from accelerate import Accelerator
+
+            self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+            self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
+            self.device = self.accelerator.device
         self.model = model.to(self.device).eval()
         self.processor = processor
         self.tower_mode = tower_mode or self.tower.config.mode
@@ -204,6 +217,12 @@ class DoveLlava(lmms):
 
     def generate_until(self, requests) -> list[GenerationResult]:
         images, questions, until, max_new = [], [], [], []
+        padding = [bool((getattr(req, "metadata", None) or {}).get("__padding_only__")) for req in requests]
+        if self.world_size > 1:
+            from loguru import logger
+
+            logger.info(f"dove_llava: rank {self.rank} of {self.world_size} answers {len(requests) - sum(padding)} "
+                        f"requests (+{sum(padding)} padding)")
         for req in requests:
             context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
             visuals = doc_to_visual(self.task_dict[task][split][doc_id]) or []
@@ -224,13 +243,30 @@ class DoveLlava(lmms):
                 for stop in until[i]:
                     if stop:
                         text = text.split(stop)[0]
-                log_metrics(total_elapsed_time=sec, total_gen_tokens=int(n_out),
-                            avg_speed=n_out / sec if sec > 0 else 0.0,
-                            additional_metrics={"total_requests": 1, "image_tokens": n_img,
-                                                "image_tokens_sq": n_img * n_img})
+                if not padding[i]:  # lmms-eval's padding requests (even shares across ranks) are not scored
+                    log_metrics(total_elapsed_time=sec, total_gen_tokens=int(n_out),
+                                avg_speed=n_out / sec if sec > 0 else 0.0,
+                                additional_metrics={"total_requests": 1, "image_tokens": n_img,
+                                                    "image_tokens_sq": n_img * n_img})
                 results[i] = GenerationResult(text=text.strip(), token_counts=TokenCounts(
                     input_tokens=int(n_in), output_tokens=int(n_out)))
         return results
+
+    def clean(self):
+        """After the last request (every rank): rank 0 gathers every rank's per-request token and latency records,
+        so the results file's `throughput` covers all requests, as one process's does."""
+        import torch.distributed as dist
+
+        if self.world_size > 1 and dist.is_available() and dist.is_initialized():
+            from lmms_eval.models.model_utils import gen_metrics
+
+            gathered = [None] * self.world_size
+            dist.all_gather_object(gathered, gen_metrics.get_logged_metrics_history())
+            if self.rank == 0:
+                gen_metrics.reset_logged_metrics()
+                for part in gathered:
+                    gen_metrics._THROUGHPUT_METRICS_HISTORY.extend(part)
+        super().clean()
 
     def loglikelihood(self, requests):
         raise NotImplementedError("dove_llava answers generate_until tasks only (VQA-style generation).")

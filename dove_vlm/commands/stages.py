@@ -7,8 +7,8 @@ from pathlib import Path
 
 
 def finished_stage(args) -> dict | None:
-    """The metrics of a stage (tokenizer or LLaVA training arguments) already trained and scored with exactly
-    `args`, else `None`: a rerun of the demo, or its parallel branch, then neither rebuilds data nor re-evaluates."""
+    """The metrics of a stage (tokenizer or LLaVA training arguments) already trained and scored (when it scores:
+    an align stage with `eval_scenes=0` does not) with exactly `args`, else `None`: a rerun of the demo, or its parallel branch, then neither rebuilds data nor re-evaluates."""
     path = Path(args.output_dir) / "metrics.json"
     if not path.is_file():
         return None
@@ -16,7 +16,8 @@ def finished_stage(args) -> dict | None:
         metrics = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    done = metrics.get("args") == json.loads(json.dumps(args.to_dict())) and "eval" in metrics
+    scored = "eval" in metrics or not (getattr(args, "eval_scenes", 1) or getattr(args, "eval_data_path", None))
+    done = metrics.get("args") == json.loads(json.dumps(args.to_dict())) and scored
     if done:
         print(f"[dove demo] reusing the finished stage in {args.output_dir} (trained and scored with the same "
               "arguments)", flush=True)

@@ -5,6 +5,13 @@ A `dove llava-train --stage base` folder is a full `DoveLlavaForConditionalGener
 `dove_llava_lora.json`, which records the base model: a hub id as given, a local folder relative to the saved
 folder (so a folder moved together with its base keeps working) and as an absolute path (so a folder moved on
 its own keeps working).
+
+A `--stage align` folder (the LLaVA-1.5 alignment stage on a pretrained language model) holds only what it
+trained and what it was trained on: `projector.safetensors`, `tower/`, the tokenizer (with `<image>` added) and
+`dove_llava_align.json`, which records the language model (`--language-model`: hub id, folder or `.gguf` file)
+or the LLaVA checkpoint (`--base-model`) the same way. Loading rebuilds the model from that source, so a 7B
+language model is never copied. A LoRA stage trained straight on `--language-model` records it as
+`language_model` instead of `base_model`.
 """
 
 from __future__ import annotations
@@ -22,11 +29,15 @@ from .processing_dove_llava import DoveLlavaProcessor
 
 PROJECTOR = "multi_modal_projector"
 ADAPTER_DIR, TOWER_DIR, MERGED_DIR = "adapter", "tower", "merged"
+ALIGN_INFO_FILE, PROJECTOR_FILE = "dove_llava_align.json", "projector.safetensors"
 
 
 def load_base_llava(path: str) -> DoveLlavaForConditionalGeneration:
     """A base LLaVA (a `--stage base` folder or a LLaVA checkpoint); refuses checkpoints whose projector or
-    language-model weights are missing, naming them."""
+    language-model weights are missing, naming them. A `--stage align` folder is rebuilt from its language model
+    and its trained projector."""
+    if (Path(path) / ALIGN_INFO_FILE).is_file():
+        return load_aligned_llava(path)[0]
     if not os.path.exists(path) and path.startswith((".", "/", "~")):
         raise FileNotFoundError(f"base model {path!r} does not exist; pass a folder written by "
                                 "`dove llava-train --stage base` or a LLaVA checkpoint.")
@@ -56,7 +67,20 @@ def _from_pretrained(path) -> tuple[DoveLlavaForConditionalGeneration, dict]:
 
 
 def build_processor(tower: DoveVisionTower, tokenizer) -> DoveLlavaProcessor:
-    processor = DoveLlavaProcessor(image_processor=tower.image_processor, tokenizer=tokenizer)
+    """The processor of a model on `tower`; the user/assistant markers (where `image_queries="auto"` finds the
+    user's turn) come from the tokenizer's chat template."""
+    from .chat import ChatTemplateError, chat_markers, template_owner
+
+    markers = {}
+    owner = template_owner(tokenizer)
+    if owner is not None:
+        try:
+            user, end = chat_markers(owner)
+            if user and end:
+                markers = {"user_prefix": user, "assistant_prefix": end}
+        except ChatTemplateError:
+            pass
+    processor = DoveLlavaProcessor(image_processor=tower.image_processor, tokenizer=tokenizer, **markers)
     return processor.attach_tower(tower)
 
 
@@ -122,11 +146,12 @@ def check_adapter(adapter_dir: str | os.PathLike, base_model) -> None:
 
 
 def write_lora_info(output_dir: str | os.PathLike, base_model: str, tower: str, settings: TowerSettings,
-                    text_model: dict[str, Any]) -> Path:
-    """Record what a LoRA stage in `output_dir` was trained on. A local base model is stored relative to
-    `output_dir` and as an absolute path, so the folder loads from any working directory and after a move."""
+                    text_model: dict[str, Any], source_key: str = "base_model") -> Path:
+    """Record what a LoRA stage in `output_dir` was trained on (`source_key="language_model"`: straight on a
+    pretrained LM). A local base model is stored relative to `output_dir` and as an absolute path, so the folder
+    loads from any working directory and after a move."""
     root = Path(output_dir)
-    info: dict[str, Any] = {"base_model": _portable(base_model, root), "tower_source": _portable(tower, root),
+    info: dict[str, Any] = {source_key: _portable(base_model, root), "tower_source": _portable(tower, root),
                             "tower_settings": settings.to_dict(), "text_model": text_model}
     path = root / LORA_INFO_FILE
     path.write_text(json.dumps(info, indent=2))
@@ -141,27 +166,85 @@ def _portable(source: str, root: Path) -> dict[str, Any]:
     return {"relative": os.path.relpath(absolute, root.resolve()), "absolute": str(absolute)}
 
 
-def resolve_base_model(root: str | os.PathLike, info: dict[str, Any]) -> str:
-    """The base model a saved LoRA stage names: its hub id, or the first local folder that exists (relative to
-    the stage's folder, then the absolute path recorded at save time). A clear error says where it looked."""
+def resolve_base_model(root: str | os.PathLike, info: dict[str, Any], key: str = "base_model") -> str:
+    """The base model (`key="base_model"`) or language model (`key="language_model"`) a saved stage names: its hub
+    id, or the first local path that exists (relative to the stage's folder, then the absolute path recorded at
+    save time). A clear error says where it looked."""
     root = Path(root)
-    entry = info.get("base_model")
+    entry = info.get(key)
     if isinstance(entry, str):  # written before paths were recorded relative to the folder
         entry = {"hub_id": entry} if not looks_local(entry) else {"relative": entry, "absolute": entry}
     if not isinstance(entry, dict) or not entry:
-        raise ValueError(f"{root / LORA_INFO_FILE} records no base model; pass base_model= (the folder written by "
-                         "`dove llava-train --stage base`).")
+        raise ValueError(f"the stage in {root} records no {key.replace('_', ' ')}; pass base_model= (the folder "
+                         "written by `dove llava-train --stage base`).")
     if "hub_id" in entry:
         return entry["hub_id"]
     tried = [root / entry["relative"]] if entry.get("relative") else []
     tried += [Path(entry["absolute"])] if entry.get("absolute") else []
     for candidate in tried:
-        if (candidate / "config.json").is_file():
+        if (candidate / "config.json").is_file() or (candidate / ALIGN_INFO_FILE).is_file() or (
+                candidate.is_file() and key == "language_model"):
             return str(candidate)
     tried = [str(c) for c in tried]
-    raise FileNotFoundError(f"the base model of the LoRA stage in {root} is missing: looked for it at "
+    raise FileNotFoundError(f"the {key.replace('_', ' ')} of the stage in {root} is missing: looked for it at "
                             f"{' and '.join(dict.fromkeys(tried))}. Move it back beside the stage, or pass "
                             "base_model=PATH (lmms-eval: --model_args pretrained=...,base_model=PATH).")
+
+
+def write_align_info(output_dir: str | os.PathLike, source: str, source_key: str, tower: str,
+                     settings: TowerSettings, text_model: dict[str, Any]) -> Path:
+    """Record what an align stage in `output_dir` was trained on (`source_key`: `language_model` or
+    `base_model`), paths portable as in `write_lora_info`."""
+    root = Path(output_dir)
+    info = {source_key: _portable(source, root), "tower_source": _portable(tower, root),
+            "tower_settings": settings.to_dict(), "text_model": text_model}
+    path = root / ALIGN_INFO_FILE
+    path.write_text(json.dumps(info, indent=2))
+    return path
+
+
+def language_model_llava(tower: DoveVisionTower, source: str, tokenizer):
+    """A LLaVA on `tower` over the pretrained language model `source` with `tokenizer` (a saved stage's)."""
+    from .language_model import build_llava_on_language_model
+
+    return build_llava_on_language_model(tower, source, tokenizer=tokenizer)[0]
+
+
+def load_aligned_llava(output_dir: str | os.PathLike, base_model: str | None = None):
+    """`(model, processor)` of a `--stage align` folder: its language model (or LLaVA checkpoint) rebuilt with the
+    saved tower and the trained projector."""
+    from safetensors.torch import load_file
+
+    root = Path(output_dir)
+    info = json.loads((root / ALIGN_INFO_FILE).read_text())
+    for needed in (TOWER_DIR + "/config.json", PROJECTOR_FILE):
+        if not (root / needed).is_file():
+            raise FileNotFoundError(f"the align stage in {root} is incomplete: {root / needed} is missing.")
+    tower = DoveVisionTower.from_pretrained(root / TOWER_DIR)
+    tokenizer = load_tokenizer(str(root))
+    if "language_model" in info and base_model is None:
+        model = language_model_llava(tower, resolve_base_model(root, info, "language_model"), tokenizer)
+    else:
+        model = load_base_llava(base_model or resolve_base_model(root, info))
+        model.set_vision_tower(tower)
+    saved = text_fingerprint(model)
+    diff = {k: (v, saved.get(k)) for k, v in info.get("text_model", {}).items() if saved.get(k) != v}
+    if diff:
+        raise ValueError(f"the align stage in {root} was trained on another language model: "
+                         + ", ".join(f"{k} {a} vs {b}" for k, (a, b) in diff.items()) + " (saved vs found).")
+    state = load_file(str(root / PROJECTOR_FILE))
+    model.model.multi_modal_projector.load_state_dict(state)
+    return model.eval(), build_processor(tower, tokenizer)
+
+
+def save_aligned_projector(model, output_dir: str | os.PathLike) -> Path:
+    from safetensors.torch import save_file
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    state = {k: v.detach().contiguous().cpu() for k, v in inner.model.multi_modal_projector.state_dict().items()}
+    path = Path(output_dir) / PROJECTOR_FILE
+    save_file(state, str(path), metadata={"format": "pt"})
+    return path
 
 
 def load_llava_lora(output_dir: str | os.PathLike, merged: bool = False, base_model: str | None = None):
@@ -187,12 +270,16 @@ def load_llava_lora(output_dir: str | os.PathLike, merged: bool = False, base_mo
         if not info_file.is_file():
             raise FileNotFoundError(f"{root} holds no `dove llava-train --stage lora` output ({LORA_INFO_FILE} missing).")
         info = json.loads(info_file.read_text())
-        model = load_base_llava(base_model or resolve_base_model(root, info))
         if not (root / TOWER_DIR / "config.json").is_file():
             raise FileNotFoundError(f"the tower of the LoRA stage in {root} is missing: looked for it at "
                                     f"{root / TOWER_DIR}.")
         tower = DoveVisionTower.from_pretrained(root / TOWER_DIR)
-        model.set_vision_tower(tower)
+        if "language_model" in info and base_model is None:  # trained straight on a pretrained LM (new projector)
+            model = language_model_llava(tower, resolve_base_model(root, info, "language_model"),
+                                         load_tokenizer(str(root)))
+        else:
+            model = load_base_llava(base_model or resolve_base_model(root, info))
+            model.set_vision_tower(tower)
         model = attach_adapter(model, root / ADAPTER_DIR).eval()
     processor = build_processor(tower, load_tokenizer(str(root)))
     return model, processor
@@ -206,6 +293,8 @@ def load_dove_llava(pretrained: str | os.PathLike, base_model: str | None = None
                                 "folder.")
     if (root / LORA_INFO_FILE).is_file() or merged:
         return load_llava_lora(root, merged=merged, base_model=base_model)
+    if (root / ALIGN_INFO_FILE).is_file():
+        return load_aligned_llava(root, base_model=base_model)
     if not (root / "config.json").is_file():
         raise FileNotFoundError(f"{root} holds neither a DOVE-LLaVA model (config.json) nor a LoRA stage "
                                 f"({LORA_INFO_FILE}).")

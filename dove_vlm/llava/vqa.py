@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from jinja2 import TemplateError
 
 from dove_vlm.data.synthetic import SPLITS, SyntheticScenes
 
@@ -186,14 +185,16 @@ def _accuracy_by_type(records: Sequence[dict], hits: Sequence[bool]) -> dict[str
 
 
 def build_prompt(processor, question: str) -> str:
-    """The generation prompt for one question: the processor's chat template when it has one (the tiny
-    tokenizer's and llava-1.5-hf's), else LLaVA-1.5's `USER: <image>\\n{question} ASSISTANT:`."""
-    template_owner = processor if getattr(processor, "chat_template", None) else getattr(processor, "tokenizer", None)
-    if template_owner is not None and getattr(template_owner, "chat_template", None):
-        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    """The generation prompt for one question about one image: the chat template (the tokenizer's or the
+    processor's; the image as a content part, or as the `<image>` marker in the text for text-only templates such
+    as a plain LM's ChatML), else LLaVA-1.5's `USER: <image>\\n{question} ASSISTANT:`."""
+    from .chat import ChatTemplateError, render, template_owner
+
+    owner = template_owner(processor)
+    if owner is not None:
         try:
-            return template_owner.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-        except (TemplateError, TypeError, ValueError, KeyError):  # a text-only template that wants string content
+            return render(owner, [{"role": "user", "text": question, "image": True}], add_generation_prompt=True)
+        except ChatTemplateError:
             pass
     return DEFAULT_PROMPT.format(question=question)
 

