@@ -16,7 +16,8 @@ class TrainingArguments:
     Args:
         output_dir: where checkpoints, the final model, `metrics.json` and plots go.
         preset: `tiny` or `paper` (model shape and training recipe).
-        data: `synthetic`, `synthetic:N`, an image folder, a `datasets` save_to_disk folder or `hf:NAME[:SPLIT]`.
+        data: `synthetic`, `synthetic:N`, an image folder, a `datasets` save_to_disk folder or `hf:NAME[:SPLIT]`
+            (streamed); with `query`, grounding data (see `query`).
         max_steps / batch_size / learning_rate / warmup_steps / gradient_accumulation_steps: the optimiser.
         mixed_precision: `no` (fp32) or `bf16` (fp16 is refused: the paper trains in bf16 or fp32).
         vqgan / generator_init: pretrained parts (folder or hub id); without `vqgan`, the preset's VQGAN stage
@@ -31,11 +32,15 @@ class TrainingArguments:
             so the decoder learns every length (beyond the paper; their EOS loss is skipped).
         checkpoint_every / keep_checkpoints: checkpoint interval (steps) and how many to keep.
         resume: continue from the newest complete checkpoint in `output_dir`.
-        eval_scenes: held-out synthetic scenes for the final report (0 skips it).
+        eval_scenes: images of the final evaluation (0 skips it): held out of `data` (up to a fifth of a folder,
+            the first rows of an `hf:` stream), or the synthetic scenes' own test split when `data` is synthetic.
+        dataloader_num_workers: processes that read and decode the training images (0: the main process).
         query: train Q-DOVE: each image gets a text query with boxes (`query_null_prob` of them the null query);
             the loss is the in-box reconstruction plus `outside_weight` (λ_o) times the MSE outside the boxes,
             and the EOS threshold of queried samples compares in-box losses only. `data` is then `synthetic`
-            (phrases and questions of the embedded scenes) or `vg:IMAGE_DIR:REGIONS_JSON[:QA_JSON]`.
+            (phrases and questions of the embedded scenes), Visual Genome (`vg:ROOT` with its own layout, or
+            `vg:IMAGE_DIR:REGIONS_JSON[:QA_JSON]`) or Open Images (`oi:ROOT`, or
+            `oi:IMAGE_DIR:CLASSES_CSV:BOXES_CSV[:RELATIONSHIPS_CSV[:ATTRIBUTES_CSV]]`).
         freeze_decoder: keep the token decoder fixed (e.g. when turning a trained DOVE into Q-DOVE, so the
             null query keeps decoding as before and only the generator learns to focus on the query).
         null_distill_weight: with `query` and `init_from`, weight of a binary cross-entropy that keeps the
@@ -108,6 +113,7 @@ class TrainingArguments:
     query_full_prob: float = 0.0
     eval_scenes: int | None = None
     log_every: int = 10
+    dataloader_num_workers: int = 0
     model_overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -129,6 +135,8 @@ class TrainingArguments:
             raise ValueError(f"query_full_prob must be in [0, 1], got {self.query_full_prob}.")
         if not 0.0 <= self.truncation_prob <= 1.0:
             raise ValueError(f"truncation_prob must be in [0, 1], got {self.truncation_prob}.")
+        if self.dataloader_num_workers < 0:
+            raise ValueError(f"dataloader_num_workers must be >= 0, got {self.dataloader_num_workers}.")
         for name in ("max_steps", "batch_size", "checkpoint_every", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")

@@ -9,40 +9,48 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from diffusers import VQModel
 from tqdm.auto import tqdm
 
-from .data import batch_indices, get_batch
-
 VQGAN_DIR = "vqgan"
+
+
+def load_trained_vqgan(vqgan: VQModel, output_dir: str | os.PathLike) -> bool:
+    """Load the VQGAN stage's result from `output_dir/vqgan` into `vqgan` (frozen) if it is there."""
+    target = Path(output_dir) / VQGAN_DIR
+    if not (target / "config.json").is_file():
+        return False
+    vqgan.load_state_dict(VQModel.from_pretrained(target, use_safetensors=True).state_dict())
+    vqgan.eval().requires_grad_(False)
+    return True
 
 
 def train_vqgan(
     vqgan: VQModel,
-    dataset,
+    batches: Iterator[dict],
     output_dir: str | os.PathLike,
     steps: int,
-    batch_size: int,
     learning_rate: float,
     seed: int,
     device: torch.device,
     quantized_weight: float = 0.1,
 ) -> VQModel:
-    """Train `vqgan` in place for `steps` and save it to `output_dir/vqgan` (atomically). If that folder is
-    already there (a resumed run), load it instead of training again."""
-    target = Path(output_dir) / VQGAN_DIR
-    if (target / "config.json").is_file():
-        vqgan.load_state_dict(VQModel.from_pretrained(target, use_safetensors=True).state_dict())
+    """Train `vqgan` in place for `steps` on `batches` (`{"pixel_values"}` dicts) and save it to
+    `output_dir/vqgan` (atomically). If that folder is already there (a resumed run), load it instead of
+    training again. In a multi-process run only the main process calls this (the others wait, then load)."""
+    if load_trained_vqgan(vqgan, output_dir):
         return vqgan
+    target = Path(output_dir) / VQGAN_DIR
     torch.manual_seed(seed)
     vqgan.train().requires_grad_(True).to(device)
     optimizer = torch.optim.Adam(vqgan.parameters(), lr=learning_rate, betas=(0.9, 0.99))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=learning_rate * 0.05)
     progress = tqdm(range(steps), desc="VQGAN", dynamic_ncols=True)
     for step in progress:
-        images = get_batch(dataset, batch_indices(len(dataset), batch_size, step, seed + 7)).to(device)
+        images = next(batches)["pixel_values"].to(device)
         latents = vqgan.encode(images).latents
         quantized = vqgan.decode(latents)
         continuous = vqgan.decode(latents, force_not_quantize=True).sample
