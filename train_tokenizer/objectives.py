@@ -102,9 +102,11 @@ class DoveObjective:
         l_eos = (l_eos * eos_rows).sum() / eos_rows.sum().clamp(min=1) * ranks.share(eos_rows.sum())
         lambda_eos = self.schedule(step)
         loss = args.rec_weight * per_sample.mean() + lambda_eos * l_eos
-        if self.distill and plain.any():
-            distill = null_query_distillation(out.p_eos[plain], teacher_enc.p_eos[plain])
-            loss = loss + args.null_distill_weight * distill * ranks.share(plain.sum())
+        if self.distill:
+            share = ranks.share(plain.sum())  # a collective: every process computes it, with or without null rows
+            if plain.any():
+                distill = null_query_distillation(out.p_eos[plain], teacher_enc.p_eos[plain])
+                loss = loss + args.null_distill_weight * distill * share
         if args.latent_weight:
             config = self.model.config
             use_mask = batch.in_box.any() or ranks.world > 1

@@ -197,7 +197,8 @@ def prepare(args: TrainingArguments, model: DoveModel, resume_from: Path | None,
     if args.query and args.init_from and (args.null_distill_weight > 0 or args.query_threshold == "teacher"):
         teacher = DoveModel.from_pretrained(args.init_from).to(accelerator.device).eval().requires_grad_(False)
     hand_synced = exclude_from_ddp(model) if ranks.world > 1 else []
-    prepared, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # The LR schedule is not handed to accelerate, which would step it once per process at every step.
+    prepared, optimizer = accelerator.prepare(model, optimizer)
     rec_loss.to(accelerator.device)
     if discriminator is not None:
         discriminator, disc_optimizer = accelerator.prepare(discriminator, disc_optimizer)
@@ -264,7 +265,8 @@ def train(args: TrainingArguments, step_callback: Callable[[int], None] | None =
                     average_gradients(run.hand_synced, ranks)
                     accelerator.clip_grad_norm_(run.trainable, args.max_grad_norm)
                 run.optimizer.step()
-                run.scheduler.step()
+                if accelerator.sync_gradients:  # once per optimiser step, whatever the number of processes
+                    run.scheduler.step()
                 run.optimizer.zero_grad(set_to_none=True)
             if run.discriminator is not None:
                 d_loss = run.rec_loss.discriminator_loss(out.reconstruction.detach().float(), batch.images,
