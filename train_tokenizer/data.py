@@ -109,7 +109,9 @@ class StepBatchSampler(Sampler[list[int]]):
 
 
 class IndexedDataset(Dataset):
-    """Items of `dataset` with their index (`{"pixel_values", "index"}`), so a batch knows which images it holds."""
+    """Items of `dataset` as 8-bit pixels with their index (`{"pixels" (3, H, W) uint8, "index"}`): a quarter of
+    the bytes of float pixels between the loader's workers and the training process, and lossless (the images
+    are 8-bit, and `to_pixel_values` gives back the processor's exact values)."""
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
@@ -118,17 +120,34 @@ class IndexedDataset(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict:
-        return {"pixel_values": self.dataset[index]["pixel_values"], "index": index}
+        dataset, inner = self.dataset, index
+        while isinstance(dataset, Subset):  # a held-out split: the underlying data set's own fast path
+            dataset, inner = dataset.dataset, dataset.indices[inner]
+        if isinstance(dataset, UInt8ImageDataset):
+            return {"pixels": dataset.images[inner], "index": index}
+        if hasattr(dataset, "uint8_item"):
+            return {"pixels": dataset.uint8_item(inner), "index": index}
+        return {"pixels": to_uint8(dataset[inner]["pixel_values"]), "index": index}
+
+
+def to_uint8(pixel_values: torch.Tensor) -> torch.Tensor:
+    """Pixel values in [-1, 1] (`k / 127.5 - 1` for 8-bit k) → the uint8 k."""
+    return ((pixel_values + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def to_pixel_values(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels → values in [-1, 1], exactly as `DoveImageProcessor` and `UInt8ImageDataset` compute them."""
+    return pixels.float().div_(127.5).sub_(1.0)
 
 
 def collate_indexed(items: list[dict]) -> dict[str, torch.Tensor]:
-    return {"pixel_values": torch.stack([item["pixel_values"] for item in items]),
+    return {"pixels": torch.stack([item["pixels"] for item in items]),
             "index": torch.tensor([item["index"] for item in items], dtype=torch.long)}
 
 
 def batch_loader(dataset: Dataset, batch_size: int, seed: int, start_step: int = 0, stop_step: int | None = None,
                  rank: int = 0, world: int = 1, num_workers: int = 0) -> DataLoader:
-    """A DataLoader of `{"pixel_values" (b, 3, H, W), "index" (b,)}` batches in `StepBatchSampler` order; with
+    """A DataLoader of `{"pixels" (b, 3, H, W) uint8, "index" (b,)}` batches in `StepBatchSampler` order; with
     `num_workers`, images are read and decoded in worker processes (the order does not change)."""
     sampler = StepBatchSampler(len(dataset), batch_size, seed, start_step, stop_step, rank, world)
     return DataLoader(
@@ -146,7 +165,7 @@ def load_images(dataset: Dataset, indices: list[int], num_workers: int = 0, batc
     chunks = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
     loader = DataLoader(IndexedDataset(dataset), batch_sampler=chunks, num_workers=num_workers,
                         collate_fn=collate_indexed, generator=torch.Generator())
-    return torch.cat([batch["pixel_values"] for batch in loader])
+    return to_pixel_values(torch.cat([batch["pixels"] for batch in loader]))
 
 
 @dataclass

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import batch_indices
+from .data import batch_indices, to_pixel_values
 
 
 def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
@@ -76,9 +76,10 @@ class StepBatch:
 
 def draw_step(batch: dict, step: int, seed: int, max_tokens: int, truncation_prob: float, grounding=None,
               null_prob: float = 0.0, full_prob: float = 0.0, rank: int = 0, world: int = 1,
-              latents: torch.Tensor | None = None) -> StepBatch:
-    """The `StepBatch` of process `rank` for a loader batch (`{"pixel_values", "index"?}`) at (micro) `step`."""
-    images = batch["pixel_values"]
+              latents: torch.Tensor | None = None, device: torch.device | str = "cpu") -> StepBatch:
+    """The `StepBatch` of process `rank` for a loader batch (`{"pixels" uint8, "index"?}`) at (micro) `step`;
+    its images are in [-1, 1] on `device`."""
+    images = to_pixel_values(batch["pixels"].to(device))
     size = images.shape[0]
     mine = slice(rank * size, (rank + 1) * size)
     forced = sample_truncation(size * world, max_tokens, truncation_prob, seed, step)[mine].to(images.device)

@@ -19,6 +19,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from dove_vlm.data import ImageLoadError
 from dove_vlm.data.streaming import decode_image_value, image_key, open_image_stream
 
+from .data import to_uint8
+
 SHUFFLE_BUFFER = 1000
 
 
@@ -66,9 +68,9 @@ class StreamedBatches(IterableDataset):
                         warnings.warn(f"skipping an undecodable row: {err}", stacklevel=2)
                     continue
                 good += 1
-                pending.append(self.processor(image)["pixel_values"][0])
+                pending.append(to_uint8(self.processor(image)["pixel_values"][0]))
                 if len(pending) == self.batch_size:
-                    yield {"pixel_values": torch.stack(pending), "worker": worker, "epoch": epoch, "rows": rows}
+                    yield {"pixels": torch.stack(pending), "worker": worker, "epoch": epoch, "rows": rows}
                     pending = []
             if good == 0 and start == 0:
                 files = _data_files(self.stream)

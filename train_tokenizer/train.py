@@ -255,8 +255,7 @@ def train(args: TrainingArguments, step_callback: Callable[[int], None] | None =
             micro_step = step * accumulation + micro
             batch = draw_step(next(batches), micro_step, args.seed, run.raw_model.config.max_tokens,
                               args.truncation_prob, grounding, args.query_null_prob, args.query_full_prob,
-                              ranks.rank, ranks.world, latents)
-            batch.images = batch.images.to(accelerator.device)
+                              ranks.rank, ranks.world, latents, accelerator.device)
             with accelerator.accumulate(run.model), accelerator.autocast():
                 out = run.model(batch.images, queries=batch.queries, num_tokens=batch.forced, latents=batch.latents)
                 loss, logs = objective(out, batch, step)

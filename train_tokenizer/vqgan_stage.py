@@ -15,6 +15,8 @@ import torch
 from diffusers import VQModel
 from tqdm.auto import tqdm
 
+from .data import to_pixel_values
+
 VQGAN_DIR = "vqgan"
 
 
@@ -38,7 +40,7 @@ def train_vqgan(
     device: torch.device,
     quantized_weight: float = 0.1,
 ) -> VQModel:
-    """Train `vqgan` in place for `steps` on `batches` (`{"pixel_values"}` dicts) and save it to
+    """Train `vqgan` in place for `steps` on `batches` (`{"pixels"}` uint8 dicts) and save it to
     `output_dir/vqgan` (atomically). If that folder is already there (a resumed run), load it instead of
     training again. In a multi-process run only the main process calls this (the others wait, then load)."""
     if load_trained_vqgan(vqgan, output_dir):
@@ -50,7 +52,7 @@ def train_vqgan(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=learning_rate * 0.05)
     progress = tqdm(range(steps), desc="VQGAN", dynamic_ncols=True)
     for step in progress:
-        images = next(batches)["pixel_values"].to(device)
+        images = to_pixel_values(next(batches)["pixels"].to(device))
         latents = vqgan.encode(images).latents
         quantized = vqgan.decode(latents)
         continuous = vqgan.decode(latents, force_not_quantize=True).sample
