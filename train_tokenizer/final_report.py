@@ -27,9 +27,6 @@ from .report.quality import build_lpips_metric, evaluate_quality
 def held_out_images(data: TrainingData, image_size: int, count: int, seed: int) -> ReportImages:
     """The evaluation images: the held-out split of the user's data, or the synthetic `test` scenes."""
     if data.held_out is None:
-        if not data.synthetic:
-            raise ValueError(f"--data {data.spec}: too few images to hold any out for the evaluation; add images or "
-                             "pass --eval-scenes 0.")
         return load_report_images("synthetic", DoveImageProcessor(size=image_size), limit=count, seed=seed)
     pixels = torch.stack([data.held_out[i]["pixel_values"] for i in range(min(count, len(data.held_out)))])
     return ReportImages(pixels, complexity(pixels), None, f"{data.spec} (held out, {len(pixels)} images)")
@@ -86,7 +83,11 @@ def finish_run(args, model: DoveModel, objective, data: TrainingData, history: l
         metrics["plots"] = []
         if plot_training_curves(history, output_dir / "training_curves.png"):
             metrics["plots"].append("training_curves.png")
-        if args.eval_scenes:
+        if args.eval_scenes and data.held_out is None and not data.synthetic:
+            metrics["eval_skipped"] = (f"--data {data.spec}: too few images to hold any out for the evaluation "
+                                       "(a fifth of them, at most --eval-scenes).")
+            accelerator.print(f"note: {metrics['eval_skipped']}")
+        elif args.eval_scenes:
             metrics["eval"], evaluation = evaluate_held_out(model, data, args)
             metrics["plots"] += write_plots(evaluation, output_dir)
             if model.supports_queries and data.synthetic:  # the held-out single-object queries of the scenes
