@@ -52,13 +52,13 @@ def test_decoder_checkpointing_gives_the_same_gradients(micro_paper):
 
 
 def test_vqgan_stage_trains_a_lookup_from_codebook_vqgan(tmp_path):
-    from train_tokenizer.data import UInt8ImageDataset
     from train_tokenizer.vqgan_stage import train_vqgan
 
     torch.manual_seed(0)
     vqgan = VQModel(**MICRO_AMUSED_VQGAN_CONFIG)
-    images = UInt8ImageDataset(torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8))
-    train_vqgan(vqgan, images, tmp_path, steps=1, batch_size=2, learning_rate=1e-3, seed=0, device=torch.device("cpu"))
+    pixels = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    train_vqgan(vqgan, iter([{"pixels": pixels}]), tmp_path, steps=1, learning_rate=1e-3, seed=0,
+                device=torch.device("cpu"))
     assert (tmp_path / "vqgan" / "config.json").is_file()
 
 

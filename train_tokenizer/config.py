@@ -19,7 +19,8 @@ class TrainingArguments:
     Args:
         output_dir: where checkpoints, the final model, `metrics.json` and plots go.
         preset: `tiny` or `paper` (model shape and training recipe).
-        data: `synthetic`, `synthetic:N`, an image folder, a `datasets` save_to_disk folder or `hf:NAME[:SPLIT]`.
+        data: `synthetic`, `synthetic:N`, an image folder, a `datasets` save_to_disk folder or `hf:NAME[:SPLIT]`
+            (streamed); with `query`, grounding data (see `query`).
         max_steps / batch_size / learning_rate / warmup_steps / gradient_accumulation_steps: the optimiser.
         mixed_precision: `no` (fp32), `bf16` (fp16 is refused: the paper trains in bf16 or fp32) or `auto`: bf16
             autocast on a CUDA device with bf16, fp32 elsewhere (the paper preset's default; tiny: `no`). On CUDA,
@@ -41,11 +42,15 @@ class TrainingArguments:
             so the decoder learns every length (beyond the paper; their EOS loss is skipped).
         checkpoint_every / keep_checkpoints: checkpoint interval (steps) and how many to keep.
         resume: continue from the newest complete checkpoint in `output_dir`.
-        eval_scenes: held-out synthetic scenes for the final report (0 skips it).
+        eval_scenes: images of the final evaluation (0 skips it): held out of `data` (up to a fifth of a folder,
+            the first rows of an `hf:` stream), or the synthetic scenes' own test split when `data` is synthetic.
+        dataloader_num_workers: processes that read and decode the training images (0: the main process).
         query: train Q-DOVE: each image gets a text query with boxes (`query_null_prob` of them the null query);
             the loss is the in-box reconstruction plus `outside_weight` (λ_o) times the MSE outside the boxes,
             and the EOS threshold of queried samples compares in-box losses only. `data` is then `synthetic`
-            (phrases and questions of the embedded scenes) or `vg:IMAGE_DIR:REGIONS_JSON[:QA_JSON]`.
+            (phrases and questions of the embedded scenes), Visual Genome (`vg:ROOT` with its own layout, or
+            `vg:IMAGE_DIR:REGIONS_JSON[:QA_JSON]`) or Open Images (`oi:ROOT`, or
+            `oi:IMAGE_DIR:CLASSES_CSV:BOXES_CSV[:RELATIONSHIPS_CSV[:ATTRIBUTES_CSV]]`).
         freeze_decoder: keep the token decoder fixed (e.g. when turning a trained DOVE into Q-DOVE, so the
             null query keeps decoding as before and only the generator learns to focus on the query).
         null_distill_weight: with `query` and `init_from`, weight of a binary cross-entropy that keeps the
@@ -121,6 +126,7 @@ class TrainingArguments:
     query_full_prob: float = 0.0
     eval_scenes: int | None = None
     log_every: int = 10
+    dataloader_num_workers: int = 0
     model_overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -160,21 +166,25 @@ class TrainingArguments:
             check_float(name, getattr(self, name), 0.0)
         for name in ("truncation_prob", "query_null_prob", "query_full_prob"):
             check_probability(name, getattr(self, name))
+        check_int("dataloader_num_workers", self.dataloader_num_workers, 0)
         if not isinstance(self.data, str) or not self.data.strip():
             raise ValueError("--data must be synthetic[:N], an image folder, a saved `datasets` folder, hf:NAME[:SPLIT] "
-                             "or (with --query) vg:IMAGE_DIR:REGIONS_JSON[:QA_JSON].")
+                             "or (with --query) vg:ROOT, vg:IMAGE_DIR:REGIONS_JSON[:QA_JSON] or oi:ROOT.")
         if self.data == "synthetic" or self.data.startswith("synthetic:"):
             synthetic_count(self.data)
         if self.query:
-            if not (self.data == "synthetic" or self.data.startswith(("synthetic:", "vg:"))):
-                raise ValueError(f"--query training reads grounding data: --data synthetic[:N] or "
-                                 f"vg:IMAGE_DIR:REGIONS_JSON[:QA_JSON], not {self.data!r}.")
-            if self.data.startswith("vg:") and len(self.data[3:].split(":")) not in (2, 3):
-                raise ValueError(f"--data {self.data!r}: expected vg:IMAGE_DIR:REGIONS_JSON[:QA_JSON].")
+            if not (self.data == "synthetic" or self.data.startswith(("synthetic:", "vg:", "oi:"))):
+                raise ValueError(f"--query training reads grounding data: --data synthetic[:N], vg:ROOT, "
+                                 f"vg:IMAGE_DIR:REGIONS_JSON[:QA_JSON] or oi:ROOT, not {self.data!r}.")
+            if self.data.startswith("vg:") and len(self.data[3:].split(":")) not in (1, 2, 3):
+                raise ValueError(f"--data {self.data!r}: expected vg:ROOT or vg:IMAGE_DIR:REGIONS_JSON[:QA_JSON].")
+            if self.data.startswith("oi:") and len(self.data[3:].split(":")) not in (1, 4, 5, 6):
+                raise ValueError(f"--data {self.data!r}: expected oi:ROOT or "
+                                 "oi:IMAGE_DIR:CLASSES_CSV:BOXES_CSV[:RELATIONSHIPS_CSV[:ATTRIBUTES_CSV]].")
             if self.query_threshold == "teacher" and not self.init_from:
                 raise ValueError("--query-threshold teacher compares with the starting DOVE: it needs --init-from.")
-        elif self.data.startswith("vg:"):
-            raise ValueError("--data vg:... is grounding data for Q-DOVE; add --query.")
+        elif self.data.startswith(("vg:", "oi:")):
+            raise ValueError(f"--data {self.data[:3]}... is grounding data for Q-DOVE; add --query.")
         else:
             for name in ("query_tokenizer",):
                 if getattr(self, name):
@@ -190,11 +200,9 @@ class TrainingArguments:
     def inputs(self) -> dict[str, str | None]:
         """`{flag: path}` of everything the run reads (for the output-folder checks)."""
         data = self.data
-        if data.startswith("vg:"):
+        if data.startswith(("vg:", "oi:")):
             parts = data[3:].split(":")
-            found = {"--data (vg images)": parts[0] or None, "--data (regions)": parts[1] or None}
-            if len(parts) == 3:
-                found["--data (questions)"] = parts[2] or None
+            found = {f"--data ({data[:2]} part {i + 1})": part or None for i, part in enumerate(parts)}
         else:
             found = {"--data": None if data == "synthetic" or data.startswith(("synthetic:", "hf:")) else data}
         return {**found, "--init-from": self.init_from, "--vqgan": self.vqgan, "--generator-init": self.generator_init,

@@ -1,5 +1,6 @@
 """Held-out evaluation of a tokenizer: length statistics, length against complexity, and reconstruction
-quality per forced token count (truncation) and at the adaptive length."""
+quality per forced token count (truncation) and at the adaptive length (the loop over images is
+`report.quality.evaluate_quality`), and Q-DOVE's held-out single-object queries."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
 from dove_vlm import DoveModel
-from dove_vlm.data import SyntheticScenes, laplacian_variance
+from dove_vlm.data import SyntheticScenes
 
 
 def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -89,49 +90,6 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         return 0.0  # a constant column has no rank correlation (scipy would return NaN)
     return float(spearmanr(a, b).statistic)
-
-
-@torch.no_grad()
-def evaluate_tokenizer(
-    model: DoveModel,
-    num_scenes: int = 200,
-    seed: int = 0,
-    batch_size: int = 50,
-    token_counts: list[int] | None = None,
-    num_examples: int = 8,
-) -> TokenizerEvaluation:
-    """Evaluate on `num_scenes` held-out synthetic scenes (the `test` split, never seen in training)."""
-    model.eval()
-    config = model.config
-    device = next(model.parameters()).device
-    scenes = SyntheticScenes(num_scenes, image_size=config.image_size, seed=seed, split="test")
-    ks = token_counts or default_token_counts(config.max_tokens)
-    lengths, objects, lap, adaptive = [], [], [], []
-    by_k: dict[int, list] = {k: [] for k in ks}
-    examples: dict[str, list] = {"images": [], "adaptive": [], "lengths": []}
-    for start in tqdm(range(0, num_scenes, batch_size), desc="evaluating", leave=False):
-        batch = [scenes[i] for i in range(start, min(start + batch_size, num_scenes))]
-        x = scenes_to_pixels(batch).to(device)
-        enc, recon, recon_by_k = reconstruct(model, x, ks)
-        lengths.append(enc.lengths.cpu())
-        adaptive.append(psnr(recon, x).cpu())
-        objects += [s.num_objects for s in batch]
-        lap += [laplacian_variance(s.image) for s in batch]
-        for k in ks:
-            by_k[k].append(psnr(recon_by_k[k], x).cpu())
-        if len(examples["images"]) * batch_size < num_examples:
-            examples["images"].append(x.cpu())
-            examples["adaptive"].append(recon.cpu())
-            examples["lengths"].append(enc.lengths.cpu())
-    return TokenizerEvaluation(
-        lengths=torch.cat(lengths).numpy(),
-        num_objects=np.asarray(objects),
-        laplacian=np.asarray(lap),
-        psnr_adaptive=torch.cat(adaptive).numpy(),
-        psnr_by_k={k: torch.cat(v).numpy() for k, v in by_k.items()},
-        max_tokens=config.max_tokens,
-        examples={k: torch.cat(v)[:num_examples] for k, v in examples.items()},
-    )
 
 
 def single_object_query(scene, index: int) -> tuple[str, list] | None:

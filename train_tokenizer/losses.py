@@ -1,5 +1,5 @@
-"""DOVE losses (DESIGN.md §1): reconstruction (MSE + LPIPS + optional patch-GAN), the EOS-length loss with
-its dynamic threshold, and the growing λ_eos schedule."""
+"""DOVE losses: reconstruction (MSE + LPIPS + optional patch-GAN), the EOS-length loss with its dynamic
+threshold, and the growing λ_eos schedule (`objectives.py` puts them together into the step loss)."""
 
 from __future__ import annotations
 
@@ -150,7 +150,7 @@ class ReconstructionLoss(nn.Module):
             lpips_value = self.lpips(reconstruction, target).flatten(1).mean(1)
             per_sample = per_sample + self.lpips_weight * lpips_value
         if self.discriminator is not None:
-            gan_value = -self.discriminator(reconstruction).flatten(1).mean(1)  # hinge-GAN generator term
+            gan_value = -self._fixed_discriminator(reconstruction).flatten(1).mean(1)  # hinge-GAN generator term
             per_sample = per_sample + self.gan_weight * gan_value
         return ReconstructionLossOutput(
             loss=per_sample.mean(), per_sample=per_sample, mse=mse.mean().detach(),
@@ -158,17 +158,27 @@ class ReconstructionLoss(nn.Module):
             gan=None if gan_value is None else gan_value.mean().detach(),
         )
 
-    def discriminator_loss(self, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Hinge loss for the discriminator (reconstructions must be detached by the caller)."""
+    def _fixed_discriminator(self, images: torch.Tensor) -> torch.Tensor:
+        """The discriminator's logits with its weights held constant: the generator's GAN term reaches the
+        reconstruction only, never the discriminator's gradients (it has its own step, and under DDP its own
+        gradient reduction)."""
+        weights = {name: p.detach() for name, p in self.discriminator.named_parameters()}
+        return torch.func.functional_call(self.discriminator, weights, (images,))
+
+    def discriminator_loss(self, reconstruction: torch.Tensor, target: torch.Tensor,
+                           discriminator: nn.Module | None = None) -> torch.Tensor:
+        """Hinge loss for the discriminator (reconstructions must be detached by the caller), in one pass over
+        real and fake images; `discriminator`: the module to call (e.g. the DDP-wrapped one), by default
+        `self.discriminator`."""
         if self.discriminator is None:
             raise RuntimeError("this ReconstructionLoss has no discriminator (gan_weight is 0).")
-        real = self.discriminator(target)
-        fake = self.discriminator(reconstruction)
+        logits = (discriminator or self.discriminator)(torch.cat([target, reconstruction]))
+        real, fake = logits[: len(target)], logits[len(target) :]
         return 0.5 * (F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean())
 
 
 def eos_loss(p_eos: torch.Tensor, lengths: torch.Tensor, rec_per_sample: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Per-sample EOS-length loss (DESIGN.md §1), shape (B,).
+    """Per-sample EOS-length loss, shape (B,).
 
     - `L_rec > T` (too lossy): `p_eos(m)` — pushing it down moves the end later;
     - else (good enough): `-(1/(m-1))·Σ_{i<m} p_eos(i)` — pulling earlier positions up moves the end earlier;

@@ -99,3 +99,27 @@ def write_plots(ev: TokenizerEvaluation, output_dir: str | Path) -> list[str]:
     for name, fn in files.items():
         fn(ev, output_dir / name)
     return list(files)
+
+
+def plot_training_curves(history: list[dict], path: Path) -> bool:
+    """The logged training figures against the step (loss, L_rec and the EOS threshold; mean length) as one PNG;
+    False (nothing written) when nothing was logged."""
+    if not history:
+        return False
+    steps = [h["step"] for h in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for key, label in (("loss", "loss"), ("rec", "L_rec"), ("threshold", "EOS threshold")):
+        left.plot(steps, [h.get(key, float("nan")) for h in history], label=label)
+    left.set_xlabel("step")
+    left.legend()
+    right.plot(steps, [h.get("mean_length", float("nan")) for h in history], label="mean length (adaptive rows)")
+    if any("mean_length_queried" in h for h in history):
+        right.plot(steps, [h.get("mean_length_queried", float("nan")) for h in history], label="queried rows")
+    right.set_xlabel("step")
+    right.set_ylabel("tokens")
+    right.legend()
+    fig.suptitle("Training curves")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True

@@ -1,23 +1,52 @@
-"""Q-DOVE training pieces (DESIGN.md §1): grounding batches with 50% null queries, the query loss
-`L_qry = mean_b L_rec(crop_b) + λ_o·MSE(outside every box)`, and in-box masks for the latent loss."""
+"""Q-DOVE training pieces: grounding data (the embedded scenes, Visual Genome, Open Images) with 50% null
+queries, the query loss `L_qry = mean_b L_rec(crop_b) + λ_o·MSE(outside every box)`, and in-box masks for the
+latent loss."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dove_vlm.data import SyntheticScenes
-from dove_vlm.data.grounding import GroundingSample, synthetic_grounding
+from torch.utils.data import Dataset
 
-from .data import UInt8ImageDataset, materialize_scenes
+from dove_vlm.data import SyntheticScenes, load_image
+from dove_vlm.data.grounding import (
+    GroundingSample,
+    load_open_images,
+    load_visual_genome,
+    open_images_files,
+    synthetic_grounding,
+    visual_genome_files,
+)
+from dove_vlm.image_processing_dove import DoveImageProcessor
+
+from .data import UInt8ImageDataset, is_synthetic, materialize_scenes
+
+
+class LazyImages(Dataset):
+    """Images read when an item is asked for (in DataLoader workers), `{"pixel_values"}` items through the
+    processor: grounding data sets are far too large to hold decoded in every process."""
+
+    def __init__(self, sources: list, processor):
+        self.sources, self.processor = sources, processor
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, index: int) -> dict:
+        source = self.sources[index]
+        image = source if hasattr(source, "size") else load_image(source)
+        return {"pixel_values": self.processor(image)["pixel_values"][0]}
 
 
 class GroundingTrainingSet:
     """Images plus, per image, the (text, boxes in pixels) pairs that may query it; boxes are `None` for a query
     that names nothing in the image (its target is the whole image, like the null query's)."""
 
-    def __init__(self, images: UInt8ImageDataset, groundings: list[list[tuple[str, torch.Tensor]]]):
+    def __init__(self, images: Dataset, groundings: list[list[tuple[str, torch.Tensor]]]):
         if len(images) != len(groundings):
             raise ValueError(f"{len(images)} images but {len(groundings)} grounding lists.")
         self.images, self.groundings = images, groundings
@@ -39,25 +68,46 @@ class GroundingTrainingSet:
 
     @classmethod
     def from_samples(cls, samples: list[GroundingSample], processor) -> GroundingTrainingSet:
-        """Real grounding data (Visual Genome, Open Images): images through the processor, boxes mapped
-        through its resize/crop (boxes cropped away entirely are dropped)."""
-        from dove_vlm.data import load_image
+        """Real grounding data (Visual Genome, Open Images): images read lazily through the processor, boxes
+        mapped through its resize/crop (boxes cropped away entirely are dropped). An image's size comes from
+        its sample (`meta["size"]`) or its file header."""
+        from PIL import Image
 
         by_image: dict[str, list] = {}
         for sample in samples:
             by_image.setdefault(str(sample.image), []).append(sample)
-        images, per_image = [], []
+        sources, per_image = [], []
         for key, group in by_image.items():
-            image = load_image(key) if not hasattr(group[0].image, "size") else group[0].image
-            pixels = processor(image)["pixel_values"][0]
-            images.append(((pixels + 1) * 127.5).round().clamp(0, 255).byte())
+            source = group[0].image if hasattr(group[0].image, "size") else key
+            size = source.size if hasattr(source, "size") else group[0].meta.get("size")
+            if size is None:
+                if not os.path.isfile(key):
+                    raise FileNotFoundError(f"image file not found: {key} (referenced by the annotations).")
+                with Image.open(key) as image:
+                    size = image.size
             entries = []
             for sample in group:
-                boxes = processor.transform_boxes(sample.boxes, image.size)
+                boxes = processor.transform_boxes(sample.boxes, tuple(size))
                 if len(boxes):
                     entries.append((sample.text, boxes))
+            sources.append(source)
             per_image.append(entries)
-        return cls(UInt8ImageDataset(torch.stack(images)), per_image)
+        if not sources:
+            raise ValueError("the grounding data hold no sample with a box inside its image.")
+        return cls(LazyImages(sources, processor), per_image)
+
+    def split(self, count: int, seed: int) -> tuple[GroundingTrainingSet, Dataset | None]:
+        """`(training set, held-out images)`: a seeded `min(count, len // 5)` images held out for the final
+        evaluation (never trained on)."""
+        count = min(count, len(self) // 5)
+        if count <= 0:
+            return self, None
+        from torch.utils.data import Subset
+
+        order = np.random.default_rng([seed, 0x5EED]).permutation(len(self))
+        keep, held = np.sort(order[count:]).tolist(), np.sort(order[:count]).tolist()
+        return GroundingTrainingSet(Subset(self.images, keep), [self.groundings[i] for i in keep]), \
+            Subset(self.images, held)
 
     def sample_queries(self, indices: list[int], null_prob: float, seed: int, step: int):
         """One query per image (None with probability `null_prob` or when it has no grounding), seeded by
@@ -88,7 +138,7 @@ def query_loss(rec_loss, reconstruction: torch.Tensor, target: torch.Tensor, box
                crop_size: int) -> torch.Tensor:
     """Per-sample `L_qry` for the samples with boxes (0 where `boxes[i]` is None), shape (B,).
     Crops are resampled to `crop_size` so LPIPS works on small boxes too (plain torch: torchvision's ops are
-    optional, DESIGN.md §7)."""
+    optional)."""
     batch = reconstruction.shape[0]
     result = torch.zeros(batch, device=reconstruction.device, dtype=reconstruction.dtype)
     rows = [i for i, b in enumerate(boxes) if b is not None]
@@ -130,3 +180,47 @@ def box_mask(boxes: list, image_size: int, grid_size: int) -> torch.Tensor:
             c1, r1 = max(c0 + 1, int(np.ceil(x1 * scale))), max(r0 + 1, int(np.ceil(y1 * scale)))
             masks[i, :, r0:r1, c0:c1] = 1
     return masks
+
+
+def build_grounding(spec: str, image_size: int, num_scenes: int, seed: int,
+                    eval_images: int = 0) -> tuple[GroundingTrainingSet, Dataset | None]:
+    """`(grounding training set, held-out images or None)` for `dove train --query --data spec`:
+    - `synthetic[:N]`: the embedded scenes' phrases and questions (evaluated on their own test split: no hold-out);
+    - `vg:ROOT` (Visual Genome's layout) or `vg:IMAGE_DIR:REGIONS_JSON[:QA_JSON]`;
+    - `oi:ROOT` (Open Images' CSV names) or `oi:IMAGE_DIR:CLASSES_CSV:BOXES_CSV[:RELATIONSHIPS_CSV[:ATTRIBUTES_CSV]]`
+      (empty fields skip a file)."""
+    processor = DoveImageProcessor(size=image_size)
+    if is_synthetic(spec):
+        count = int(spec.split(":", 1)[1]) if ":" in spec else num_scenes
+        return GroundingTrainingSet.synthetic(count, image_size, seed), None
+    kind, _, rest = spec.partition(":")
+    parts = rest.split(":") if rest else []
+    if kind == "vg":
+        if len(parts) == 1:
+            files = visual_genome_files(parts[0])
+        elif len(parts) in (2, 3):
+            files = {"image_dir": parts[0], "region_descriptions": parts[1] or None,
+                     "question_answers": parts[2] if len(parts) == 3 and parts[2] else None, "image_data": None}
+        else:
+            raise ValueError(f"--data {spec!r}: expected vg:ROOT or vg:IMAGE_DIR:REGIONS_JSON[:QA_JSON].")
+        samples = load_visual_genome(files["region_descriptions"], files["image_dir"], files["question_answers"],
+                                     image_data=files["image_data"])
+    elif kind == "oi":
+        if len(parts) == 1:
+            files = open_images_files(parts[0])
+        elif 3 <= len(parts) <= 5:
+            parts += [""] * (5 - len(parts))
+            files = {"image_dir": parts[0], "class_descriptions": parts[1], "boxes": parts[2] or None,
+                     "relationships": parts[3] or None, "attributes": parts[4] or None}
+        else:
+            raise ValueError(f"--data {spec!r}: expected oi:ROOT or "
+                             "oi:IMAGE_DIR:CLASSES_CSV:BOXES_CSV[:RELATIONSHIPS_CSV[:ATTRIBUTES_CSV]].")
+        samples = load_open_images(files["class_descriptions"], files["image_dir"], files["boxes"],
+                                   files["relationships"], attributes=files["attributes"])
+    else:
+        raise ValueError(f"--query training reads grounding data: 'synthetic[:N]', Visual Genome 'vg:ROOT' "
+                         f"(or vg:IMAGE_DIR:REGIONS_JSON[:QA_JSON]) or Open Images 'oi:ROOT' (or "
+                         f"oi:IMAGE_DIR:CLASSES_CSV:BOXES_CSV[:RELATIONSHIPS_CSV[:ATTRIBUTES_CSV]]), not {spec!r}.")
+    if not samples:
+        raise ValueError(f"--data {spec}: the annotations hold no usable (text, box) sample.")
+    return GroundingTrainingSet.from_samples(samples, processor).split(eval_images, seed)

@@ -6,11 +6,11 @@ No pretrained VQGAN can be loaded offline, so the tiny preset makes its own. DOV
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from diffusers import VQModel
@@ -18,39 +18,75 @@ from tqdm.auto import tqdm
 
 from dove_vlm.vqgan import decode_continuous
 
-from .data import batch_indices, get_batch
+from .data import to_pixel_values
 
 VQGAN_DIR = "vqgan"
+SETTINGS_FILE = "dove_vqgan_stage.json"
+
+
+def stage_settings(vqgan: VQModel, **recipe) -> dict:
+    """Everything the trained VQGAN depends on: its config and the recipe (steps, batch size, learning rate, seed,
+    data), as JSON values."""
+    config = {k: v for k, v in dict(vqgan.config).items() if not k.startswith("_")}
+    return json.loads(json.dumps({**recipe, "vqgan_config": config}, default=str))
+
+
+def check_reusable(target: Path, settings: dict) -> None:
+    """Refuse to reuse a VQGAN stage trained with other settings (a changed `--vqgan-steps`, data or seed)."""
+    path = target / SETTINGS_FILE
+    if not path.is_file():
+        print(f"note: {target} records no training settings (written by an older dove); reusing it as it is. "
+              "Delete it to train the VQGAN again.", flush=True)
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} is unreadable ({err}); delete {target} to train the VQGAN again.") from err
+    diff = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in settings.items() if saved.get(key) != value]
+    if diff:
+        shown = "; ".join(d if len(d) < 120 else d[:117] + "..." for d in diff)
+        raise ValueError(f"the VQGAN stage in {target} was trained with other settings ({shown}). Rerun with "
+                         "the same settings to reuse it, or start again with --overwrite (or another --output-dir).")
+
+
+def load_trained_vqgan(vqgan: VQModel, output_dir: str | os.PathLike, settings: dict | None = None) -> bool:
+    """Load the VQGAN stage's result from `output_dir/vqgan` into `vqgan` (frozen) if it is there; with
+    `settings`, only when it was trained with them (else a `ValueError` lists the differences)."""
+    target = Path(output_dir) / VQGAN_DIR
+    if not (target / "config.json").is_file():
+        return False
+    if settings is not None:
+        check_reusable(target, settings)
+        print(f"reusing the VQGAN stage in {target} (trained with the same settings)", flush=True)
+    vqgan.load_state_dict(VQModel.from_pretrained(target, use_safetensors=True).state_dict())
+    vqgan.eval().requires_grad_(False)
+    return True
 
 
 def train_vqgan(
     vqgan: VQModel,
-    dataset,
+    batches: Iterator[dict],
     output_dir: str | os.PathLike,
     steps: int,
-    batch_size: int,
     learning_rate: float,
     seed: int,
     device: torch.device,
     quantized_weight: float = 0.1,
+    settings: dict | None = None,
 ) -> VQModel:
-    """Train `vqgan` in place for `steps` and save it to `output_dir/vqgan` (atomically), with the settings it was
-    trained with (`dove_vqgan_stage.json`). If that folder is already there (a resumed run), load it instead of
-    training again — only when it was trained with the same settings (else a `ValueError` lists the differences)."""
-    target = Path(output_dir) / VQGAN_DIR
-    settings = stage_settings(vqgan, dataset, steps, batch_size, learning_rate, seed, quantized_weight)
-    if (target / "config.json").is_file():
-        check_reusable(target, settings)
-        vqgan.load_state_dict(VQModel.from_pretrained(target, use_safetensors=True).state_dict())
-        print(f"reusing the VQGAN stage in {target} (trained with the same settings)", flush=True)
+    """Train `vqgan` in place for `steps` on `batches` (`{"pixels"}` uint8 dicts) and save it to
+    `output_dir/vqgan` (atomically). If that folder is already there (a resumed run), load it instead of
+    training again. In a multi-process run only the main process calls this (the others wait, then load)."""
+    if load_trained_vqgan(vqgan, output_dir, settings):
         return vqgan
+    target = Path(output_dir) / VQGAN_DIR
     torch.manual_seed(seed)
     vqgan.train().requires_grad_(True).to(device)
     optimizer = torch.optim.Adam(vqgan.parameters(), lr=learning_rate, betas=(0.9, 0.99))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=learning_rate * 0.05)
     progress = tqdm(range(steps), desc="VQGAN", dynamic_ncols=True)
     for step in progress:
-        images = get_batch(dataset, batch_indices(len(dataset), batch_size, step, seed + 7)).to(device)
+        images = to_pixel_values(next(batches)["pixels"].to(device))
         latents = vqgan.encode(images).latents
         quantized = vqgan.decode(latents)
         continuous = decode_continuous(vqgan, latents)
@@ -70,42 +106,7 @@ def train_vqgan(
     if tmp.exists():
         shutil.rmtree(tmp)
     vqgan.save_pretrained(tmp)
-    (tmp / SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
+    if settings is not None:
+        (tmp / SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
     os.replace(tmp, target)
     return vqgan
-
-
-SETTINGS_FILE = "dove_vqgan_stage.json"
-
-
-def stage_settings(vqgan: VQModel, dataset, steps: int, batch_size: int, learning_rate: float, seed: int,
-                   quantized_weight: float) -> dict:
-    """Everything the trained VQGAN depends on: its config, the recipe, and the data (size and a digest of two
-    images)."""
-    probe = get_batch(dataset, [0, len(dataset) - 1]).numpy().tobytes()
-    config = {k: v for k, v in dict(vqgan.config).items() if not k.startswith("_")}
-    return json.loads(json.dumps({"vqgan_steps": steps, "vqgan_batch_size": batch_size,
-                                  "vqgan_learning_rate": learning_rate, "seed": seed,
-                                  "quantized_weight": quantized_weight, "num_images": len(dataset),
-                                  "data_digest": hashlib.sha256(probe).hexdigest()[:16], "vqgan_config": config},
-                                 default=str))
-
-
-def check_reusable(target: Path, settings: dict) -> None:
-    """Refuse to reuse a VQGAN stage trained with other settings (a changed `--vqgan-steps`, data or seed)."""
-    path = target / SETTINGS_FILE
-    if not path.is_file():
-        print(f"note: {target} records no training settings (written by an older dove); reusing it as it is. "
-              "Delete it to train the VQGAN again.", flush=True)
-        return
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path} is unreadable ({err}); delete {target} to train the VQGAN again.") from err
-    diff = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in settings.items()
-            if saved.get(key) != value]
-    if diff:
-        shown = "; ".join(d if len(d) < 120 else d[:117] + "..." for d in diff)
-        raise ValueError(f"the VQGAN stage in {target} was trained with other settings ({shown}). Rerun with "
-                         "the same settings to reuse it, or start again with --overwrite (or another "
-                         "--output-dir).")

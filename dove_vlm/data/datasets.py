@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -26,6 +28,17 @@ class SceneImageDataset(Dataset):
         return {"pixel_values": self.processor(self.scenes[index].image)["pixel_values"][0]}
 
 
+def uint8_pixels(processor, image) -> torch.Tensor:
+    """What `processor(image)["pixel_values"][0]` holds, as the 8-bit `(3, H, W)` values it is made of (pixel
+    values are `k / 127.5 - 1`): a quarter of the bytes, for DataLoader workers to hand over."""
+    rgb = to_rgb(image)
+    if processor.do_resize:
+        rgb = processor.resize(rgb)
+    if rgb.size != (processor.size, processor.size):
+        processor(rgb)  # raises the processor's own error for an image of the wrong size
+    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)
+
+
 class ImageFolderDataset(Dataset):
     """Every image file under a folder (recursively). A corrupt file raises `ImageLoadError` naming it."""
 
@@ -41,6 +54,10 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         return {"pixel_values": self.processor(load_image(self.files[index]))["pixel_values"][0]}
 
+    def uint8_item(self, index: int) -> torch.Tensor:
+        """Image `index` as `(3, H, W)` uint8 (see `uint8_pixels`)."""
+        return uint8_pixels(self.processor, load_image(self.files[index]))
+
 
 class HFImageDataset(Dataset):
     """A `datasets.Dataset` with an image column (found by feature type, or `image_column`)."""
@@ -53,6 +70,13 @@ class HFImageDataset(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict:
+        return {"pixel_values": self.processor(self._image(index))["pixel_values"][0]}
+
+    def uint8_item(self, index: int) -> torch.Tensor:
+        """Row `index`'s image as `(3, H, W)` uint8 (see `uint8_pixels`)."""
+        return uint8_pixels(self.processor, self._image(index))
+
+    def _image(self, index: int):
         try:
             image = self.dataset[index][self.image_column]
         except Image.DecompressionBombError as err:
@@ -62,7 +86,7 @@ class HFImageDataset(Dataset):
             raise ImageLoadError(f"row {index} of the data set holds an image that cannot be decoded ({err}).") from err
         if image is None:
             raise ImageLoadError(f"row {index} of the data set has no image in column {self.image_column!r}.")
-        return {"pixel_values": self.processor(to_rgb(image, name=f"row {index}"))["pixel_values"][0]}
+        return to_rgb(image, name=f"row {index}")
 
 
 def _find_image_column(dataset) -> str:

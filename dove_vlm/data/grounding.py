@@ -84,12 +84,61 @@ def _image_size(path: Path) -> tuple[int, int]:
     return image_size(path)
 
 
+VG_IMAGE_FOLDERS = ("VG_100K", "VG_100K_2")
+
+
+class _VisualGenomeImages:
+    """Where a Visual Genome image is, and its size. With `image_data.json`, its `url` names the folder
+    (`VG_100K` or `VG_100K_2`) and it gives the size (no image is opened); otherwise `<id>.jpg` is looked for in
+    `image_dir`, then `image_dir/VG_100K`, then `image_dir/VG_100K_2`, and its size read from the file header."""
+
+    def __init__(self, image_dir: str | os.PathLike, image_data: str | os.PathLike | None = None):
+        self.root = Path(image_dir)
+        self.folders = [self.root] + [self.root / name for name in VG_IMAGE_FOLDERS if (self.root / name).is_dir()]
+        self.known: dict[str, tuple[Path, tuple[int, int]]] = {}
+        for entry in _read_json(image_data) if image_data is not None else []:
+            image_id = str(entry.get("image_id", entry.get("id")))
+            folder = str(entry.get("url", "")).rstrip("/").split("/")[-2:-1]
+            base = self.root / folder[0] if folder and (self.root / folder[0]).is_dir() else self.root
+            if entry.get("width") and entry.get("height"):
+                self.known[image_id] = (base / f"{image_id}.jpg", (int(entry["width"]), int(entry["height"])))
+
+    def locate(self, image_id) -> tuple[Path, tuple[int, int]]:
+        if str(image_id) in self.known:
+            return self.known[str(image_id)]
+        for folder in self.folders:
+            path = folder / f"{image_id}.jpg"
+            if path.is_file():
+                self.known[str(image_id)] = (path, _image_size(path))
+                return self.known[str(image_id)]
+        tried = ", ".join(str(f) for f in self.folders)
+        raise FileNotFoundError(f"image file not found: {image_id}.jpg (referenced by the annotations; looked in {tried}).")
+
+
+def visual_genome_files(root: str | os.PathLike) -> dict:
+    """The files of a Visual Genome folder in its own layout: `region_descriptions.json`, `question_answers.json`
+    (optional), `image_data.json` (optional, recommended) and the images in `VG_100K/` and `VG_100K_2/`."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Visual Genome folder not found: {root}")
+    found = {name: root / f"{name}.json" for name in ("region_descriptions", "question_answers", "image_data")}
+    found = {name: path if path.is_file() else None for name, path in found.items()}
+    if found["region_descriptions"] is None and found["question_answers"] is None:
+        raise FileNotFoundError(f"{root} holds neither region_descriptions.json nor question_answers.json (Visual "
+                                "Genome's layout: those JSON files, image_data.json, VG_100K/ and VG_100K_2/).")
+    return {"region_descriptions": found["region_descriptions"], "question_answers": found["question_answers"],
+            "image_data": found["image_data"], "image_dir": root}
+
+
 def load_visual_genome(region_descriptions: str | os.PathLike | None, image_dir: str | os.PathLike,
-                       question_answers: str | os.PathLike | None = None, max_images: int | None = None) -> list[GroundingSample]:
+                       question_answers: str | os.PathLike | None = None, max_images: int | None = None,
+                       image_data: str | os.PathLike | None = None) -> list[GroundingSample]:
     """Visual Genome from its own JSON files: `region_descriptions.json` (phrase + x/y/width/height) and
     `question_answers.json` (questions whose `q_objects`/`a_objects` carry x/y/w/h boxes); images are
-    `image_dir/<image_id>.jpg`. Questions without object boxes are skipped (they cannot drive Q-DOVE)."""
-    image_dir = Path(image_dir)
+    `<image_id>.jpg` under `image_dir` or its `VG_100K`/`VG_100K_2` folders (`image_data.json`, when given, says
+    which and gives the sizes). Questions without object boxes are skipped (they cannot drive Q-DOVE). Images
+    are not opened (only their headers, without `image_data`); each sample's `meta["size"]` is its image's size."""
+    images = _VisualGenomeImages(image_dir, image_data)
     samples: list[GroundingSample] = []
     for path, kind in ((region_descriptions, "phrase"), (question_answers, "question")):
         if path is None:
@@ -115,7 +164,6 @@ def load_visual_genome(region_descriptions: str | os.PathLike | None, image_dir:
                 if isinstance(image_id, str) and (os.sep in image_id or "/" in image_id or image_id.startswith(".")):
                     raise ValueError(f"{where}: image_id {image_id!r} is not a plain name; images are "
                                      f"{image_dir}/<image_id>.jpg.")
-                image_path = image_dir / f"{image_id}.jpg"
                 if kind == "phrase":
                     x, y, w, h = _numbers(item, ("x", "y", "width", "height"), where)
                     text, raw, answer = item.get("phrase", ""), [(x, y, x + w, y + h)], None
@@ -136,26 +184,30 @@ def load_visual_genome(region_descriptions: str | os.PathLike | None, image_dir:
                 if not text.strip():
                     counter.samples += 1
                     continue
-                width, height = _image_size(image_path)
+                image_path, (width, height) = images.locate(image_id)
                 boxes = [clean_box(b, width, height) for b in raw]
                 counter.boxes += sum(b is None for b in boxes)
                 boxes = [b for b in boxes if b is not None]
                 if not boxes:
                     counter.samples += 1
                     continue
-                samples.append(GroundingSample(str(image_path), text.strip(), boxes, kind, answer, {"image_id": image_id}))
+                samples.append(GroundingSample(str(image_path), text.strip(), boxes, kind, answer,
+                                               {"image_id": image_id, "size": (width, height)}))
         counter.report()
     return samples
 
 
 def load_open_images(class_descriptions: str | os.PathLike, image_dir: str | os.PathLike,
                      boxes: str | os.PathLike | None = None, relationships: str | os.PathLike | None = None,
-                     max_rows: int | None = None) -> list[GroundingSample]:
+                     max_rows: int | None = None, attributes: str | os.PathLike | None = None) -> list[GroundingSample]:
     """Open Images from its CSV files: class descriptions (`LabelName,DisplayName`, with or without a
     header), bounding boxes (`ImageID,...,LabelName,...,XMin,XMax,YMin,YMax`, normalised) → "the <class>", and
     visual relationships (`ImageID,LabelName1,LabelName2,XMin1,...,RelationshipLabel`) → "<a> <relation> <b>"
-    with the two boxes merged into one. Images are `image_dir/<ImageID>.jpg`."""
+    with the two boxes merged into one; for the "is" relationship, LabelName2 is an attribute, named by the
+    attribute descriptions (`attributes`, same format: "the table is wooden"). Images are `image_dir/<ImageID>.jpg`."""
     names = _read_class_names(class_descriptions)
+    if attributes is not None:
+        names = {**_read_class_names(attributes), **names}
     image_dir = Path(image_dir)
     samples: list[GroundingSample] = []
 
@@ -192,6 +244,10 @@ def load_open_images(class_descriptions: str | os.PathLike, image_dir: str | os.
         first = (row["XMin1"], row["YMin1"], row["XMax1"], row["YMax1"])
         second = (row["XMin2"], row["YMin2"], row["XMax2"], row["YMax2"])
         relation = row["RelationshipLabel"].replace("_", " ")
+        if relation == "is" and row["LabelName2"] not in names:
+            raise ValueError(f"{path}: attribute {row['LabelName2']!r} of an 'is' relationship is in neither the class "
+                             "nor the attribute descriptions; pass the attribute descriptions CSV "
+                             "(oidv6-attributes-description.csv).")
         text = f"{name_of(row['LabelName1'], path)} {relation} {name_of(row['LabelName2'], path)}"
         return text, union_box([tuple(map(float, first)), tuple(map(float, second))])
 
@@ -215,6 +271,33 @@ def _numbers(item, keys, where: str) -> tuple[float, ...]:
             raise ValueError(f"{where}: {key!r} must be a finite number, got {value!r}.")
         values.append(float(value))
     return tuple(values)
+
+
+def open_images_files(root: str | os.PathLike) -> dict:
+    """The files of an Open Images folder, found by their official names: `*class-descriptions*.csv`,
+    `*attributes-description*.csv` (optional), `*annotations-bbox*.csv` and/or `*annotations-vrd*.csv`
+    (relationships); the images in `train/`, `images/` or the folder itself."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Open Images folder not found: {root}")
+
+    def first(*patterns):
+        for pattern in patterns:
+            found = sorted(root.glob(pattern))
+            if found:
+                return found[0]
+        return None
+
+    files = {"class_descriptions": first("*class-descriptions*.csv", "*class_descriptions*.csv"),
+             "attributes": first("*attributes-description*.csv", "*attribute_descriptions*.csv"),
+             "boxes": first("*annotations-bbox*.csv", "*bbox*.csv"),
+             "relationships": first("*annotations-vrd*.csv", "*relationship*.csv")}
+    if files["class_descriptions"] is None or (files["boxes"] is None and files["relationships"] is None):
+        raise FileNotFoundError(f"{root} does not hold Open Images' CSV files (looked for *class-descriptions*.csv and "
+                                "*annotations-bbox*.csv / *annotations-vrd*.csv); pass them explicitly as "
+                                "oi:IMAGE_DIR:CLASSES_CSV:BOXES_CSV[:RELATIONSHIPS_CSV[:ATTRIBUTES_CSV]].")
+    files["image_dir"] = next((root / n for n in ("train", "images") if (root / n).is_dir()), root)
+    return files
 
 
 def _require(row: dict, keys, path) -> None:

@@ -116,3 +116,58 @@ def test_processor_maps_boxes_through_the_centre_crop():
     assert boxes.tolist() == [[0.0, 0.0, 32.0, 16.0]]
     squash = DoveImageProcessor(size=32, resize_mode="squash").transform_boxes([(0.5, 0.5, 1.0, 1.0)], (200, 100))
     assert squash.tolist() == [[16.0, 16.0, 32.0, 32.0]]
+
+
+def write_visual_genome(root, with_image_data=True):
+    """Visual Genome's own layout: images split over VG_100K and VG_100K_2, image_data.json, region descriptions."""
+    for folder, image_id, size in (("VG_100K", 1, (200, 100)), ("VG_100K_2", 2, (60, 80))):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", size, "white").save(root / folder / f"{image_id}.jpg")
+    image_data = [{"image_id": 1, "url": "https://cs.stanford.edu/people/rak248/VG_100K/1.jpg", "width": 200,
+                   "height": 100},
+                  {"image_id": 2, "url": "https://cs.stanford.edu/people/rak248/VG_100K_2/2.jpg", "width": 60,
+                   "height": 80}]
+    if with_image_data:
+        (root / "image_data.json").write_text(json.dumps(image_data))
+    regions = [{"id": 1, "regions": [{"image_id": 1, "phrase": "a red ball", "x": 10, "y": 20, "width": 40,
+                                      "height": 30}]},
+               {"id": 2, "regions": [{"image_id": 2, "phrase": "the sky", "x": 0, "y": 0, "width": 30, "height": 40}]}]
+    (root / "region_descriptions.json").write_text(json.dumps(regions))
+    return root
+
+
+@pytest.mark.parametrize("with_image_data", [True, False])
+def test_visual_genome_in_its_own_layout(tmp_path, with_image_data):
+    from dove_vlm.data.grounding import visual_genome_files
+
+    files = visual_genome_files(write_visual_genome(tmp_path, with_image_data))
+    samples = load_visual_genome(files["region_descriptions"], files["image_dir"], files["question_answers"],
+                                 image_data=files["image_data"])
+    assert [s.text for s in samples] == ["a red ball", "the sky"]
+    assert samples[0].image.endswith("VG_100K/1.jpg") and samples[1].image.endswith("VG_100K_2/2.jpg")
+    assert samples[1].meta["size"] == (60, 80) and samples[1].boxes == [(0.0, 0.0, 0.5, 0.5)]
+    with pytest.raises(FileNotFoundError, match="neither region_descriptions.json"):
+        visual_genome_files(tmp_path / "VG_100K")
+
+
+def test_open_images_is_relationships_name_attributes_and_the_folder_is_found(tmp_path, image_dir):
+    from dove_vlm.data.grounding import open_images_files
+
+    root = tmp_path / "oi"
+    (root / "train").mkdir(parents=True)
+    Image.new("RGB", (50, 50), "black").save(root / "train" / "1.jpg")
+    _write_csv(root / "oidv7-class-descriptions-boxable.csv", ["LabelName", "DisplayName"], [["/m/2", "Table"]])
+    _write_csv(root / "oidv6-attributes-description.csv", None, [["/m/w", "Wooden"]])
+    _write_csv(root / "oidv6-train-annotations-vrd.csv", ["ImageID", "LabelName1", "LabelName2", "XMin1", "XMax1",
+                                                           "YMin1", "YMax1", "XMin2", "XMax2", "YMin2", "YMax2",
+                                                           "RelationshipLabel"],
+               [["1", "/m/2", "/m/w", "0.1", "0.5", "0.1", "0.5", "0.1", "0.5", "0.1", "0.5", "is"]])
+    files = open_images_files(root)
+    assert files["image_dir"] == root / "train" and files["boxes"] is None
+    samples = load_open_images(files["class_descriptions"], files["image_dir"], files["boxes"], files["relationships"],
+                               attributes=files["attributes"])
+    assert [s.text for s in samples] == ["table is wooden"]
+    with pytest.raises(ValueError, match="attribute descriptions CSV"):
+        load_open_images(files["class_descriptions"], files["image_dir"], None, files["relationships"])
+    with pytest.raises(FileNotFoundError, match="Open Images' CSV files"):
+        open_images_files(root / "train")

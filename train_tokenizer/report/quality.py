@@ -55,12 +55,17 @@ def build_lpips_metric(trunk_weights: str | None, notes: list[str]):
 @torch.no_grad()
 def evaluate_quality(model: DoveModel, images: ReportImages, token_counts: list[int], batch_size: int = 50,
                      lpips_trunk_weights: str | None = None, inception_weights: str | None = None,
-                     fid_images: int = 500, num_examples: int = 8, use_lpips: bool = True) -> QualityResult:
+                     fid_images: int = 500, num_examples: int = 8, use_lpips: bool = True,
+                     lpips_metric=None) -> QualityResult:
     """PSNR and LPIPS of every image at each forced k and at its adaptive length; rFID over the first
-    `fid_images` images when `inception_weights` is a readable local file (else a note says why it is skipped)."""
+    `fid_images` images when `inception_weights` is a readable local file (else a note says why it is skipped).
+    `lpips_metric`: an LPIPS module to use (built from `lpips_trunk_weights` otherwise). Runs on the model's device."""
     model.eval()
+    device = next(model.parameters()).device
     notes: list[str] = []
-    lpips_metric = build_lpips_metric(lpips_trunk_weights, notes) if use_lpips else None
+    if lpips_metric is None and use_lpips:
+        lpips_metric = build_lpips_metric(lpips_trunk_weights, notes)
+    lpips_metric = lpips_metric.to(device) if lpips_metric is not None else None
     try:
         inception = load_inception(inception_weights)
     except InceptionUnavailable as err:
@@ -73,23 +78,23 @@ def evaluate_quality(model: DoveModel, images: ReportImages, token_counts: list[
     features = {k: [] for k in ["real", *keys]}
     examples: dict[str, list] = {"images": [], "adaptive": [], "lengths": []}
     for rows in tqdm(batches(len(x_all), batch_size), desc="quality per token count", leave=False):
-        x = x_all[rows]
+        x = x_all[rows].to(device)
         enc, recon, by_k = reconstruct(model, x, token_counts)
         by_k["adaptive"] = recon
-        lengths.append(enc.lengths)
+        lengths.append(enc.lengths.cpu())
         fid_rows = max(0, min(fid_count - rows.start, len(x)))
         if fid_rows:
-            features["real"].append(inception_features(inception, x[:fid_rows]))
+            features["real"].append(inception_features(inception, x[:fid_rows].cpu()))
         for k in keys:
-            psnrs[k].append(psnr(by_k[k], x))
+            psnrs[k].append(psnr(by_k[k], x).cpu())
             if lpips_metric is not None:
-                lpipss[k].append(lpips_metric(by_k[k].clamp(-1, 1), x).flatten())
+                lpipss[k].append(lpips_metric(by_k[k].clamp(-1, 1), x).flatten().cpu())
             if fid_rows:
-                features[k].append(inception_features(inception, by_k[k][:fid_rows]))
+                features[k].append(inception_features(inception, by_k[k][:fid_rows].cpu()))
         if sum(len(e) for e in examples["images"]) < num_examples:
-            examples["images"].append(x)
-            examples["adaptive"].append(recon)
-            examples["lengths"].append(enc.lengths)
+            examples["images"].append(x.cpu())
+            examples["adaptive"].append(recon.cpu())
+            examples["lengths"].append(enc.lengths.cpu())
     cat = {k: torch.cat(v).numpy() for k, v in psnrs.items()}
     evaluation = TokenizerEvaluation(
         lengths=torch.cat(lengths).numpy(), num_objects=images.num_objects, laplacian=images.laplacian,
