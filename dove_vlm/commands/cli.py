@@ -118,42 +118,41 @@ def _note(command: str):
     return lambda message: print(f"dove {command}: {message}", file=sys.stderr, flush=True)
 
 
+def _run_training(ns: argparse.Namespace, command: str, args, outputs, fixed, run, report) -> int:
+    """A training command's one shape: inputs checked, the output folder claimed (lock, no overlap with the
+    inputs, --resume / --overwrite), a resumed run's fixed settings compared, then `run(args)` and its report."""
+    from ..run_folder import claim
+    from .validation import check_resume
+
+    args.check_inputs()  # files and folders (ranges and combinations were checked when `args` was built)
+    note = _note(command)
+    with claim(args.output_dir, inputs=args.inputs(), resume=args.resume, overwrite=ns.overwrite,
+               previous=outputs, log=note, command=ns.command_line):
+        if args.resume:
+            check_resume(args.output_dir, args.to_dict(), fixed, note)
+        metrics = run(args)
+    print(report(metrics, args.output_dir))
+    return 0
+
+
 def _train(ns: argparse.Namespace) -> int:
     from train_tokenizer.config import TrainingArguments
     from train_tokenizer.summary import format_report
     from train_tokenizer.train import train
 
-    from ..run_folder import claim
-    from .validation import TRAIN_FIXED, TRAIN_OUTPUTS, check_resume
+    from .validation import TRAIN_FIXED, TRAIN_OUTPUTS
 
-    args = _from_namespace(TrainingArguments, ns)  # ranges and combinations
-    args.check_inputs()  # files and folders
-    note = _note("train")
-    with claim(args.output_dir, inputs=args.inputs(), resume=args.resume, overwrite=ns.overwrite,
-               previous=TRAIN_OUTPUTS, log=note, command=ns.command_line):
-        if args.resume:
-            check_resume(args.output_dir, args.to_dict(), TRAIN_FIXED, note)
-        metrics = train(args)
-    print(format_report(metrics, args.output_dir))
-    return 0
+    return _run_training(ns, "train", _from_namespace(TrainingArguments, ns), TRAIN_OUTPUTS, TRAIN_FIXED, train,
+                         format_report)
 
 
 def _llava_train(ns: argparse.Namespace) -> int:
     from llava_patch.training import LlavaTrainingArguments, format_llava_report, train_llava
 
-    from ..run_folder import claim
-    from .validation import LLAVA_FIXED, LLAVA_OUTPUTS, check_resume
+    from .validation import LLAVA_FIXED, LLAVA_OUTPUTS
 
-    args = _from_namespace(LlavaTrainingArguments, ns)
-    args.check_inputs()
-    note = _note("llava-train")
-    with claim(args.output_dir, inputs=args.inputs(), resume=args.resume, overwrite=ns.overwrite,
-               previous=LLAVA_OUTPUTS, log=note, command=ns.command_line):
-        if args.resume:
-            check_resume(args.output_dir, args.to_dict(), LLAVA_FIXED, note)
-        metrics = train_llava(args)
-    print(format_llava_report(metrics, args.output_dir))
-    return 0
+    return _run_training(ns, "llava-train", _from_namespace(LlavaTrainingArguments, ns), LLAVA_OUTPUTS,
+                         LLAVA_FIXED, train_llava, format_llava_report)
 
 
 def _encode(ns: argparse.Namespace) -> int:
