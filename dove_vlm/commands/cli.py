@@ -221,7 +221,7 @@ def _demo(ns: argparse.Namespace) -> int:
 
 
 def _eval_export(ns) -> int:
-    from eval.compare import default_task_name, export_embedded, export_file
+    from eval.export import default_task_name, export_embedded, export_file
 
     from ..run_folder import RunFolderError, claim
     from .validation import check_export, task_files

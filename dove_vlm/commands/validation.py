@@ -131,7 +131,7 @@ SPLITS = ("train", "test", "validation")
 
 
 def check_export(ns) -> None:
-    from eval.compare import check_task_name
+    from eval.export import check_task_name
 
     if ns.task_name is not None:
         check_task_name(ns.task_name)
@@ -187,7 +187,7 @@ def load_task_yaml(path: str) -> dict:
 
 def check_compare(ns) -> list[str]:
     """`dove eval compare`'s flags and inputs (before lmms-eval starts); returns the task's data files."""
-    from eval.compare import read_records, task_data_file
+    from eval.export import read_records, task_data_file
 
     config = load_task_yaml(ns.task)
     files = (config.get("dataset_kwargs") or {}).get("data_files") or {}
