@@ -291,6 +291,7 @@ def test_errors_name_the_input_and_the_real_cause(inputs, tmp_path, monkeypatch)
 ])
 def test_ctrl_c_advice_matches_the_command(inputs, task_yaml, tmp_path, monkeypatch, argv, advice, not_advice):
     import eval.compare as compare_module
+    import eval.export as export_module
     import train_tokenizer.train as train_module
 
     def interrupt(*args, **kwargs):
@@ -298,7 +299,7 @@ def test_ctrl_c_advice_matches_the_command(inputs, task_yaml, tmp_path, monkeypa
 
     monkeypatch.setattr(train_module, "train", interrupt)
     monkeypatch.setattr(compare_module, "compare", interrupt)
-    monkeypatch.setattr(compare_module, "export_embedded", interrupt)
+    monkeypatch.setattr(export_module, "export_embedded", interrupt)
     names = {"{tmp}": str(tmp_path), "{task}": str(task_yaml), "{base}": str(inputs / "base")}
     argv = [names.get(a, a).replace("{tmp}", str(tmp_path)) for a in map(str, argv)]
     code, _, err = run_dove(argv)
