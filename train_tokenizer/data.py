@@ -22,6 +22,8 @@ from tqdm.auto import tqdm
 from dove_vlm.data import SyntheticScenes, build_image_dataset
 from dove_vlm.image_processing_dove import DoveImageProcessor
 
+from .pixels import to_pixel_values, to_uint8  # noqa: F401  (re-exported)
+
 
 class UInt8ImageDataset(Dataset):
     """Images kept as a `(N, 3, H, W)` uint8 tensor; items are `{"pixel_values": (3, H, W) in [-1, 1]}`."""
@@ -128,16 +130,6 @@ class IndexedDataset(Dataset):
         if hasattr(dataset, "uint8_item"):
             return {"pixels": dataset.uint8_item(inner), "index": index}
         return {"pixels": to_uint8(dataset[inner]["pixel_values"]), "index": index}
-
-
-def to_uint8(pixel_values: torch.Tensor) -> torch.Tensor:
-    """Pixel values in [-1, 1] (`k / 127.5 - 1` for 8-bit k) → the uint8 k."""
-    return ((pixel_values + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-
-
-def to_pixel_values(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels → values in [-1, 1], exactly as `DoveImageProcessor` and `UInt8ImageDataset` compute them."""
-    return pixels.float().div_(127.5).sub_(1.0)
 
 
 def collate_indexed(items: list[dict]) -> dict[str, torch.Tensor]:
