@@ -78,16 +78,19 @@ def test_unwritable_output_dir_fails_before_training(tmp_path):
 
 
 def test_bad_training_arguments():
-    with pytest.raises(ValueError, match="mixed_precision"):
+    # messages name the command-line flag
+    with pytest.raises(ValueError, match="--mixed-precision"):
         micro_args("x", mixed_precision="fp16")
-    with pytest.raises(ValueError, match="truncation_prob"):
+    with pytest.raises(ValueError, match="--truncation-prob"):
         micro_args("x", truncation_prob=2.0)
     with pytest.raises(ValueError, match="unknown preset"):
         micro_args("x", preset="huge")
-    with pytest.raises(ValueError, match="query_threshold must be"):
+    with pytest.raises(ValueError, match="--query-threshold must be"):
         micro_args("x", query_threshold="median")
-    with pytest.raises(ValueError, match="query_threshold_scale"):
+    with pytest.raises(ValueError, match="--query-threshold-scale"):
         micro_args("x", query_threshold_scale=0.0)
+    with pytest.raises(ValueError, match="--eval-scenes must be >= 0"):
+        micro_args("x", eval_scenes=-2)
 
 
 def test_query_training_from_a_dove_checkpoint_and_resume(tmp_path):
