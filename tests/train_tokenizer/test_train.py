@@ -138,14 +138,14 @@ def test_query_full_prob_trains_queried_codes_on_the_whole_image(tmp_path):
         assert all(math.isfinite(h["loss"]) for h in metrics["history"])
         heads.append(DoveModel.from_pretrained(tmp_path / f"q{prob}").query_embed.weight)
     assert not torch.equal(*heads)
-    with pytest.raises(ValueError, match="query_full_prob"):
+    with pytest.raises(ValueError, match="query.full.prob"):
         micro_args(tmp_path, query=True, query_full_prob=1.5)
 
 
 def test_bad_query_length_limits_in_training_arguments(tmp_path):
-    with pytest.raises(ValueError, match="query_min_tokens"):
+    with pytest.raises(ValueError, match="query.min.tokens"):
         micro_args(tmp_path, query=True, query_min_tokens=0)
-    with pytest.raises(ValueError, match="query_max_tokens"):
+    with pytest.raises(ValueError, match="query.max.tokens"):
         micro_args(tmp_path, query=True, query_min_tokens=4, query_max_tokens=3)
 
 
