@@ -192,9 +192,6 @@ class TrainingArguments:
         if not isinstance(self.model_overrides, dict):
             raise ValueError(f"--model-overrides must be a JSON object, got {type(self.model_overrides).__name__}.")
         if self.model_overrides:
-            if self.init_from:
-                raise ValueError("--model-overrides shape a new model; with --init-from the model (and its config) "
-                                 "comes from that checkpoint. Drop one of them.")
             check_model_overrides(self.preset, self.model_overrides)
 
     def inputs(self) -> dict[str, str | None]:
@@ -229,9 +226,15 @@ class TrainingArguments:
             if kind != "dove":
                 raise ValueError(f"--init-from {self.init_from} holds {_kind_name(kind)}, not a DOVE checkpoint "
                                  "(a folder written by `dove train`).")
-            from dove_vlm.checkpoints import check_checkpoint_dir
+            from dove_vlm.checkpoints import check_checkpoint_dir, read_config
 
             check_checkpoint_dir(self.init_from)
+            config = read_config(self.init_from)
+            differ = {k: (v, config.get(k)) for k, v in self.model_overrides.items() if config.get(k) != v}
+            if differ:  # the model comes from the checkpoint: overrides that say otherwise would be ignored
+                shown = ", ".join(f"{k} {a!r} (the checkpoint has {b!r})" for k, (a, b) in differ.items())
+                raise ValueError(f"--model-overrides {shown}: with --init-from the model and its config come from "
+                                 f"{self.init_from}; drop --model-overrides or start a new model.")
 
     @property
     def random_lpips_allowed(self) -> bool:

@@ -150,11 +150,15 @@ def test_encode_refuses_out_of_range_length_settings(inputs, flags, needle):
     assert out == ""
 
 
-def test_unknown_or_mistyped_model_overrides_are_errors(tmp_path):
+def test_unknown_or_mistyped_model_overrides_are_errors(inputs, tmp_path):
     code, _, err = run_dove(["train", "--output-dir", tmp_path / "ov", "--model-overrides", '{"hiden_size": 32}'])
     one_line_error(code, err, "train", "'hiden_size'", "valid keys", "hidden_size")
     code, _, err = run_dove(["train", "--output-dir", tmp_path / "ov", "--model-overrides", '{"max_tokens": "16"}'])
     one_line_error(code, err, "train", "max_tokens must be an integer")
+    # with --init-from the checkpoint's config is used: overrides that say otherwise would be ignored
+    code, _, err = run_dove(["train", "--output-dir", tmp_path / "ov", "--init-from", inputs / "dove",
+                             "--model-overrides", '{"max_tokens": 8}'])
+    one_line_error(code, err, "train", "max_tokens 8 (the checkpoint has 16)", "--init-from")
     assert not (tmp_path / "ov").exists()
 
 

@@ -78,16 +78,19 @@ def test_unwritable_output_dir_fails_before_training(tmp_path):
 
 
 def test_bad_training_arguments():
-    with pytest.raises(ValueError, match="mixed_precision"):
+    # messages name the command-line flag
+    with pytest.raises(ValueError, match="--mixed-precision"):
         micro_args("x", mixed_precision="fp16")
-    with pytest.raises(ValueError, match="truncation_prob"):
+    with pytest.raises(ValueError, match="--truncation-prob"):
         micro_args("x", truncation_prob=2.0)
     with pytest.raises(ValueError, match="unknown preset"):
         micro_args("x", preset="huge")
-    with pytest.raises(ValueError, match="query_threshold must be"):
+    with pytest.raises(ValueError, match="--query-threshold must be"):
         micro_args("x", query_threshold="median")
-    with pytest.raises(ValueError, match="query_threshold_scale"):
+    with pytest.raises(ValueError, match="--query-threshold-scale"):
         micro_args("x", query_threshold_scale=0.0)
+    with pytest.raises(ValueError, match="--eval-scenes must be >= 0"):
+        micro_args("x", eval_scenes=-2)
 
 
 def test_query_training_from_a_dove_checkpoint_and_resume(tmp_path):
@@ -135,14 +138,14 @@ def test_query_full_prob_trains_queried_codes_on_the_whole_image(tmp_path):
         assert all(math.isfinite(h["loss"]) for h in metrics["history"])
         heads.append(DoveModel.from_pretrained(tmp_path / f"q{prob}").query_embed.weight)
     assert not torch.equal(*heads)
-    with pytest.raises(ValueError, match="query_full_prob"):
+    with pytest.raises(ValueError, match="query.full.prob"):
         micro_args(tmp_path, query=True, query_full_prob=1.5)
 
 
 def test_bad_query_length_limits_in_training_arguments(tmp_path):
-    with pytest.raises(ValueError, match="query_min_tokens"):
+    with pytest.raises(ValueError, match="query.min.tokens"):
         micro_args(tmp_path, query=True, query_min_tokens=0)
-    with pytest.raises(ValueError, match="query_max_tokens"):
+    with pytest.raises(ValueError, match="query.max.tokens"):
         micro_args(tmp_path, query=True, query_min_tokens=4, query_max_tokens=3)
 
 
