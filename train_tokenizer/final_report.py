@@ -29,7 +29,7 @@ def held_out_images(data: TrainingData, image_size: int, count: int, seed: int) 
     if data.held_out is None:
         return load_report_images("synthetic", DoveImageProcessor(size=image_size), limit=count, seed=seed)
     pixels = torch.stack([data.held_out[i]["pixel_values"] for i in range(min(count, len(data.held_out)))])
-    return ReportImages(pixels, complexity(pixels), None, f"{data.spec} (held out, {len(pixels)} images)")
+    return ReportImages(pixels, complexity(pixels), None, data.spec)
 
 
 @torch.no_grad()
