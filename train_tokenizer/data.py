@@ -11,8 +11,8 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm.auto import tqdm
 
 from dove_vlm.data import SyntheticScenes, build_image_dataset
+from dove_vlm.data.datasets import to_pixel_values, to_uint8
 from dove_vlm.image_processing_dove import DoveImageProcessor
 
 
@@ -128,16 +129,6 @@ class IndexedDataset(Dataset):
         if hasattr(dataset, "uint8_item"):
             return {"pixels": dataset.uint8_item(inner), "index": index}
         return {"pixels": to_uint8(dataset[inner]["pixel_values"]), "index": index}
-
-
-def to_uint8(pixel_values: torch.Tensor) -> torch.Tensor:
-    """Pixel values in [-1, 1] (`k / 127.5 - 1` for 8-bit k) → the uint8 k."""
-    return ((pixel_values + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-
-
-def to_pixel_values(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels → values in [-1, 1], exactly as `DoveImageProcessor` and `UInt8ImageDataset` compute them."""
-    return pixels.float().div_(127.5).sub_(1.0)
 
 
 def collate_indexed(items: list[dict]) -> dict[str, torch.Tensor]:

@@ -70,7 +70,10 @@ def test_draws_of_two_processes_are_the_one_process_draws(uint8_images):
     from train_tokenizer.query import GroundingTrainingSet
 
     grounding = GroundingTrainingSet.synthetic(12, 32, seed=0)
-    batch = lambda size, rank, world: next(iter(batch_loader(grounding.images, size, 0, 5, 6, rank, world)))  # noqa
+
+    def batch(size, rank, world):
+        return next(iter(batch_loader(grounding.images, size, 0, 5, 6, rank, world)))
+
     one = draw_step(batch(4, 0, 1), 5, 0, 16, 0.5, grounding, 0.5, 0.5)
     two = [draw_step(batch(2, r, 2), 5, 0, 16, 0.5, grounding, 0.5, 0.5, r, 2) for r in (0, 1)]
     assert torch.equal(torch.cat([t.forced for t in two]), one.forced)
