@@ -11,8 +11,8 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -20,9 +20,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm.auto import tqdm
 
 from dove_vlm.data import SyntheticScenes, build_image_dataset
+from dove_vlm.data.datasets import to_pixel_values, to_uint8  # noqa: F401  (re-exported)
 from dove_vlm.image_processing_dove import DoveImageProcessor
 
-from .pixels import to_pixel_values, to_uint8  # noqa: F401  (re-exported)
 
 
 class UInt8ImageDataset(Dataset):

@@ -15,21 +15,24 @@ import numpy as np
 import torch
 
 from dove_vlm import DoveModel
+from dove_vlm.data import SyntheticScenes, laplacian_variance
 from dove_vlm.image_processing_dove import DoveImageProcessor
 
 from .data import TrainingData
-from .evaluate import default_token_counts, evaluate_queries, psnr
+from .evaluate import default_token_counts, evaluate_queries, psnr, scenes_to_pixels
 from .plots import plot_training_curves, write_plots
-from .report.images import ReportImages, batches, complexity, load_report_images
+from .report.images import ReportImages, batches, complexity
 from .report.quality import build_lpips_metric, evaluate_quality
 
 
 def held_out_images(data: TrainingData, image_size: int, count: int, seed: int) -> ReportImages:
     """The evaluation images: the held-out split of the user's data, or the synthetic `test` scenes."""
-    if data.held_out is None:
-        return load_report_images("synthetic", DoveImageProcessor(size=image_size), limit=count, seed=seed)
+    if data.held_out is None:  # complexity of the scenes as rendered (PIL's grey levels), as the targets were set
+        scenes = list(SyntheticScenes(count, image_size=image_size, seed=seed, split="test"))
+        return ReportImages(scenes_to_pixels(scenes), np.asarray([laplacian_variance(s.image) for s in scenes]),
+                            np.asarray([s.num_objects for s in scenes]), "synthetic")
     pixels = torch.stack([data.held_out[i]["pixel_values"] for i in range(min(count, len(data.held_out)))])
-    return ReportImages(pixels, complexity(pixels), None, f"{data.spec} (held out, {len(pixels)} images)")
+    return ReportImages(pixels, complexity(pixels), None, data.spec)
 
 
 @torch.no_grad()

@@ -9,7 +9,6 @@ import os
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from torch.utils.data import Dataset
 
 from dove_vlm.data import SyntheticScenes, load_image

@@ -17,9 +17,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from dove_vlm.data import ImageLoadError
+from dove_vlm.data.datasets import to_uint8
 from dove_vlm.data.streaming import decode_image_value, image_key, open_image_stream
-
-from .pixels import to_uint8
 
 SHUFFLE_BUFFER = 1000
 

@@ -206,6 +206,16 @@ def prepare(args: TrainingArguments, model: DoveModel, resume_from: Path | None,
                    rec_loss, discriminator, disc_optimizer, teacher)
 
 
+def checkpoint(output_dir: Path, step: int, run: Trainer, state: dict, keep: int, accelerator) -> None:
+    """`checkpoint-<step>`: the model, optimiser, LR schedule, the discriminator and its optimiser, and `state`."""
+    extras, extra_states = {}, {}
+    if run.discriminator is not None:
+        extras["discriminator"] = accelerator.unwrap_model(run.discriminator)
+        extra_states["disc_optimizer"] = run.disc_optimizer.state_dict()
+    save_checkpoint(output_dir, step, run.raw_model, run.optimizer, run.scheduler, state, keep=keep,
+                    extra_modules=extras, extra_states=extra_states)
+
+
 def train(args: TrainingArguments, step_callback: Callable[[int], None] | None = None) -> dict:
     """Train a DOVE tokenizer as `args` says; returns the final metrics (also written to `metrics.json`).
 
@@ -241,10 +251,9 @@ def train(args: TrainingArguments, step_callback: Callable[[int], None] | None =
     # Frozen VQGAN: its latents of every training image once, instead of an encoder pass at every step.
     latents = cached_latents(run.raw_model, data.images, accelerator.device) if data.images is not None else None
     accumulation = args.gradient_accumulation_steps
-    batches = data.loader(args.batch_size, args.seed, start_step * accumulation, ranks.rank, ranks.world,
-                          args.dataloader_num_workers, (state.get("stream") or [None] * ranks.world)[ranks.rank])
-    batches = iter(batches)
-    if accelerator.trackers:
+    batches = iter(data.loader(args.batch_size, args.seed, start_step * accumulation, ranks.rank, ranks.world,
+                               args.dataloader_num_workers, (state.get("stream") or [None] * ranks.world)[ranks.rank]))
+    if accelerator.log_with:  # accelerate's tensorboard tracker, when tensorboard is installed
         accelerator.init_trackers("dove")
 
     run.model.train()
@@ -292,15 +301,8 @@ def train(args: TrainingArguments, step_callback: Callable[[int], None] | None =
         if done % args.checkpoint_every == 0 or done == args.max_steps:
             stream = ranks.gather(batches.state_dict()) if data.stream is not None else None
             if accelerator.is_main_process:
-                extras, extra_states = {}, {}
-                if run.discriminator is not None:
-                    extras["discriminator"] = accelerator.unwrap_model(run.discriminator)
-                    extra_states["disc_optimizer"] = run.disc_optimizer.state_dict()
-                save_checkpoint(
-                    output_dir, done, run.raw_model, run.optimizer, run.scheduler,
-                    {**objective.state_dict(), "history": history, "args": args.to_dict(),
-                     "num_processes": ranks.world, "stream": stream},
-                    keep=args.keep_checkpoints, extra_modules=extras, extra_states=extra_states,
-                )
+                saved = {**objective.state_dict(), "history": history, "args": args.to_dict(),
+                         "num_processes": ranks.world, "stream": stream}
+                checkpoint(output_dir, done, run, saved, args.keep_checkpoints, accelerator)
     del batches  # stops the loader's workers
     return finish_run(args, run.raw_model, objective, data, history, time.time() - started, accelerator, output_dir)

@@ -28,6 +28,16 @@ class SceneImageDataset(Dataset):
         return {"pixel_values": self.processor(self.scenes[index].image)["pixel_values"][0]}
 
 
+def to_uint8(pixel_values: torch.Tensor) -> torch.Tensor:
+    """Pixel values in [-1, 1] (`k / 127.5 - 1` for 8-bit k) → the uint8 k."""
+    return ((pixel_values + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def to_pixel_values(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels → values in [-1, 1], exactly as `DoveImageProcessor` and the uint8 training sets compute them."""
+    return pixels.float().div_(127.5).sub_(1.0)
+
+
 def uint8_pixels(processor, image) -> torch.Tensor:
     """What `processor(image)["pixel_values"][0]` holds, as the 8-bit `(3, H, W)` values it is made of (pixel
     values are `k / 127.5 - 1`): a quarter of the bytes, for DataLoader workers to hand over."""

@@ -1,0 +1,58 @@
+"""The step objective's pieces: `(loss, logs)` out, thresholds as run state, the GAN term's gradients."""
+
+import types
+
+import pytest
+import torch
+
+from tests.train_tokenizer.test_train import micro_args
+from train_tokenizer.distributed import Ranks
+from train_tokenizer.draws import StepBatch
+from train_tokenizer.losses import ReconstructionLoss
+from train_tokenizer.objectives import DoveObjective, null_query_distillation
+
+
+def one_process():
+    return Ranks(types.SimpleNamespace(num_processes=1, process_index=0, device=torch.device("cpu")))
+
+
+def test_null_query_distillation_is_the_per_image_bce():
+    student, teacher = torch.tensor([[0.2, 0.9]]), torch.tensor([[0.1, 0.5]])
+    expected = -(0.1 * torch.log(student[0, 0]) + 0.9 * torch.log(1 - student[0, 0])
+                 + 0.5 * torch.log(student[0, 1]) + 0.5 * torch.log(1 - student[0, 1]))
+    assert null_query_distillation(student, teacher).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_objective_gives_loss_and_logs_and_keeps_its_thresholds(micro_model, images, tmp_path):
+    args = micro_args(tmp_path, threshold_window=2)
+    rec_loss = ReconstructionLoss(lpips_weight=0.0, gan_weight=0.0)
+    objective = DoveObjective(args, rec_loss, micro_model, None, one_process())
+    assert one_process().share(torch.tensor(3)) == 1.0  # one process: every rescaling is the identity
+    micro_model.train()
+    batch = StepBatch(images, forced=torch.tensor([0, 0, 5, 0]))
+    out = micro_model(images, num_tokens=batch.forced)
+    loss, logs = objective(out, batch, step=0)
+    loss.backward()
+    assert torch.isfinite(loss) and micro_model.eos_head.weight.grad is not None
+    parts = one_process().logs(logs)
+    assert set(parts) >= {"loss", "rec", "mse", "eos", "mean_length", "threshold"} and parts["loss"] == pytest.approx(
+        loss.item())
+    assert parts["mean_length"] == out.lengths[[0, 1, 3]].float().mean().item()  # adaptive rows only
+    objective.update()
+    state = objective.state_dict()
+    assert len(state["threshold"]["values"]) == 1
+    again = DoveObjective(args, rec_loss, micro_model, None, one_process())
+    again.load_state_dict(state)
+    per_sample, _ = objective.reconstruction(out.reconstruction.float(), batch)
+    expected = per_sample.detach()[[0, 1, 3]].mean().item()  # the running threshold: the adaptive rows' mean
+    assert again.threshold.value(0.0) == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_generator_gan_term_leaves_the_discriminator_gradients_alone():
+    loss = ReconstructionLoss(lpips_weight=0.0, gan_weight=1.0)
+    recon = torch.rand(2, 3, 32, 32, requires_grad=True)
+    loss(recon, torch.rand(2, 3, 32, 32)).loss.backward()
+    assert recon.grad is not None and recon.grad.abs().sum() > 0
+    assert all(p.grad is None for p in loss.discriminator.parameters())  # its own step, its own gradients
+    loss.discriminator_loss(recon.detach(), torch.rand(2, 3, 32, 32)).backward()
+    assert all(p.grad is not None for p in loss.discriminator.parameters())
