@@ -11,6 +11,9 @@ Every `dove` command that writes a folder claims it here before any work ([`clai
 3. a folder holding files is an error unless the command resumes (`--resume`, or a command that reuses
    finished work by design) or `--overwrite` is given; `--overwrite` first removes the previous run's own
    outputs (the names the command passes: checkpoints, trained stages), so nothing stale is picked up later.
+
+Under a multi-process launcher (`torchrun`, `accelerate launch`) the run is one run: only the main process
+(global rank 0) locks, checks and clears the folder; the other processes check the inputs and go on.
 """
 
 from __future__ import annotations
@@ -140,6 +143,14 @@ def remove_previous(output_dir: str | os.PathLike, patterns: Iterable[str]) -> l
     return removed
 
 
+def _launcher_rank() -> int:
+    """This process's global rank under torchrun / accelerate launch (which set RANK); 0 when launched alone."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
 @contextmanager
 def claim(output_dir: str | os.PathLike, *, inputs: Mapping[str, str | os.PathLike | None] | None = None,
           resume: bool = False, overwrite: bool = False, previous: Iterable[str] = (), resume_hint: str = "--resume",
@@ -159,6 +170,10 @@ def claim(output_dir: str | os.PathLike, *, inputs: Mapping[str, str | os.PathLi
     """
     check_apart(output_dir, inputs or {})
     root = _absolute(output_dir)
+    if _launcher_rank() != 0:
+        # The main process holds the folder for the whole group; a launcher stops every process when one fails.
+        yield root
+        return
     if root.exists() and not root.is_dir():
         raise RunFolderError(f"--output-dir {output_dir} is a file, not a folder; choose a folder.")
     above = _busy_above(root)

@@ -91,3 +91,19 @@ def test_the_lock_is_released_when_the_run_fails(tmp_path):
             1 / 0
     with claim(out):
         pass
+
+
+def test_under_a_launcher_only_the_main_process_holds_the_folder(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    with claim(out):  # rank 0 of a torchrun group holds it ...
+        monkeypatch.setenv("RANK", "1")
+        with claim(out) as root:  # ... and rank 1 joins the same run instead of being refused
+            assert root == out.resolve() or root == out
+        monkeypatch.setenv("RANK", "0")
+        with pytest.raises(RunFolderBusy):
+            with claim(out):
+                pass
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(RunFolderError, match="input"):  # the inputs are still checked on every process
+        with claim(out, inputs={"--init-from": out}):
+            pass

@@ -81,7 +81,9 @@ def test_two_processes_train_to_the_weights_of_one(tmp_path, case):
     for mine, theirs in zip(metrics["history"], two["history"]):  # the logged figures are global ones
         for key in ("loss", "rec", "threshold", "lr"):
             assert mine[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-6), key
-    assert (tmp_path / "two" / "vqgan" / "config.json").is_file() and not (tmp_path / "two" / "vqgan.tmp").exists()
+    assert not (tmp_path / "two" / "vqgan.tmp").exists()
+    if not case.get("init_from"):  # the VQGAN stage ran once, in the main process (from a DOVE there is none)
+        assert (tmp_path / "two" / "vqgan" / "config.json").is_file()
 
 
 def test_resume_under_another_number_of_processes_is_refused(tmp_path):
