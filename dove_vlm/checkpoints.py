@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 # The marker file of a `dove llava-train --stage lora` folder (what it was trained on).
 LORA_INFO_FILE = "dove_llava_lora.json"
+ALIGN_INFO_FILE = "dove_llava_align.json"  # a `dove llava-train --stage align` folder (no config.json)
 
 
 def looks_local(source: str | os.PathLike) -> bool:
@@ -184,14 +185,24 @@ def check_source(source: str | os.PathLike, flag: str, what: str = "a model fold
 
 def model_kind(path: str | os.PathLike) -> str:
     """What a local model folder holds, for the checks of which folder a flag takes: `dove` (a DOVE / Q-DOVE
-    checkpoint), `dove_vision_tower`, `llava_lora` (a `dove llava-train --stage lora` folder), `dove_llava` (a
+    checkpoint), `dove_vision_tower`, `llava_lora` (a `dove llava-train --stage lora` folder), `llava_align` (an align stage), `dove_llava` (a
     base stage or a merged DOVE-LLaVA), another config's `model_type`, or `unknown` (no readable config)."""
     path = str(path)
     if os.path.isfile(os.path.join(path, LORA_INFO_FILE)):
         return "llava_lora"
+    if os.path.isfile(os.path.join(path, ALIGN_INFO_FILE)):
+        return "llava_align"
     if not os.path.isfile(os.path.join(path, "config.json")):
         return "unknown"
     return str(read_config(path).get("model_type") or "unknown")
+
+
+def describe_kind(kind: str) -> str:
+    """A [`model_kind`] in words, for errors about a folder given to the wrong flag."""
+    return {"unknown": "no model (no config.json)", "llava_lora": "a `dove llava-train --stage lora` output",
+            "llava_align": "a `dove llava-train --stage align` output",
+            "dove_llava": "a DOVE-LLaVA model (`dove llava-train` output)", "dove_vision_tower": "a DOVE vision tower",
+            "dove": "a DOVE tokenizer checkpoint (`dove train` output)"}.get(kind, f"a {kind!r} model")
 
 
 def supports_queries(path: str | os.PathLike) -> bool:
@@ -199,7 +210,7 @@ def supports_queries(path: str | os.PathLike) -> bool:
     embedding), read from its config files only."""
     path = str(path)
     kind = model_kind(path)
-    if kind == "llava_lora":
+    if kind in ("llava_lora", "llava_align"):
         return supports_queries(os.path.join(path, "tower"))
     config = read_config(path) if kind != "unknown" else {}
     if kind == "dove_llava":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..checkpoints import check_checkpoint_dir, check_source, model_kind, read_config, supports_queries
+from ..checkpoints import check_checkpoint_dir, check_source, describe_kind, model_kind, read_config, supports_queries
 from ..checks import check_choice, check_float, check_int, check_seed, flag
 
 # What each command writes into its output folder: `--overwrite` removes these first, so nothing of the
@@ -119,10 +119,6 @@ def check_dove_folder(path: str, name: str) -> dict:
     return read_config(path)
 
 
-def describe_kind(kind: str) -> str:
-    return {"unknown": "no model (no config.json)", "llava_lora": "a `dove llava-train --stage lora` output",
-            "dove_llava": "a DOVE-LLaVA model (`dove llava-train` output)", "dove_vision_tower": "a DOVE vision tower",
-            "dove": "a DOVE tokenizer checkpoint (`dove train` output)"}.get(kind, f"a {kind!r} model")
 
 
 # --- dove eval export -------------------------------------------------------------------------------------------

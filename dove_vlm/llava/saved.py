@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..checkpoints import LORA_INFO_FILE, describe_mismatch, looks_local, quiet_loading
+from ..checkpoints import ALIGN_INFO_FILE, LORA_INFO_FILE, describe_mismatch, looks_local, quiet_loading
 from ..tower_settings import TowerSettings
 from ..vision_tower import DoveVisionTower
 from .modeling_dove_llava import DoveLlavaForConditionalGeneration
@@ -29,7 +29,7 @@ from .processing_dove_llava import DoveLlavaProcessor
 
 PROJECTOR = "multi_modal_projector"
 ADAPTER_DIR, TOWER_DIR, MERGED_DIR = "adapter", "tower", "merged"
-ALIGN_INFO_FILE, PROJECTOR_FILE = "dove_llava_align.json", "projector.safetensors"
+PROJECTOR_FILE = "projector.safetensors"
 
 
 def load_base_llava(path: str) -> DoveLlavaForConditionalGeneration:

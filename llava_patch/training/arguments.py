@@ -190,13 +190,13 @@ class LlavaTrainingArguments(TowerSettings):
         """The inputs exist and are of the right kind, before any work: `--tower` a DOVE checkpoint or tower folder
         (a Q-DOVE one for the query modes), `--base-model` a base stage or LLaVA checkpoint, `--init-adapter` a lora
         stage folder."""
-        from dove_vlm.checkpoints import check_checkpoint_dir, check_source, model_kind, supports_queries
+        from dove_vlm.checkpoints import check_checkpoint_dir, check_source, describe_kind, model_kind, supports_queries
 
         check_source(self.tower, "--tower", "a DOVE checkpoint (`dove train` output) or a tower folder")
         if Path(self.tower).exists():
             kind = model_kind(self.tower)
             if kind not in ("dove", "dove_vision_tower"):
-                raise ValueError(f"--tower {self.tower} holds {_kind_name(kind)}, not a DOVE checkpoint or tower folder "
+                raise ValueError(f"--tower {self.tower} holds {describe_kind(kind)}, not a DOVE checkpoint or tower folder "
                                  "(a `dove train` output).")
             check_checkpoint_dir(self.tower)
             if self.mode in (TowerMode.QUERY, TowerMode.QUERY_NULL) and not supports_queries(self.tower):
@@ -207,10 +207,11 @@ class LlavaTrainingArguments(TowerSettings):
                          "checkpoint")
             if Path(self.base_model).exists():
                 kind = model_kind(self.base_model)
-                if kind not in ("dove_llava", "llava"):
-                    raise ValueError(f"--base-model {self.base_model} holds {_kind_name(kind)}; pass a folder written "
-                                     "by `dove llava-train --stage base` or a LLaVA checkpoint.")
-                check_checkpoint_dir(self.base_model)
+                if kind not in ("dove_llava", "llava", "llava_align"):
+                    raise ValueError(f"--base-model {self.base_model} holds {describe_kind(kind)}; pass a folder written "
+                                     "by `dove llava-train --stage base` or `--stage align`, or a LLaVA checkpoint.")
+                if kind != "llava_align":  # an align folder holds a projector and a record of its LM, no config.json
+                    check_checkpoint_dir(self.base_model)
         if self.init_adapter is not None:
             if not Path(self.init_adapter).is_dir():
                 raise FileNotFoundError(f"--init-adapter {self.init_adapter}: no such folder; pass an earlier "
@@ -262,7 +263,3 @@ class LlavaTrainingArguments(TowerSettings):
 
 
 
-def _kind_name(kind: str) -> str:
-    return {"unknown": "no model (no config.json)", "llava_lora": "a `dove llava-train --stage lora` output",
-            "dove_llava": "a DOVE-LLaVA model", "dove_vision_tower": "a DOVE vision tower",
-            "dove": "a DOVE tokenizer checkpoint"}.get(kind, f"a {kind!r} model")
