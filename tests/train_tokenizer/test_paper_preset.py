@@ -133,7 +133,9 @@ def test_paper_preset_at_micro_widths_through_the_cli(tmp_path, capsys):
     first = json.loads((run / "metrics.json").read_text())
     assert first["args"]["truncation_prob"] > 0 and first["args"]["gan_weight"] > 0
     assert first["args"]["mixed_precision"] == "no" and (run / "checkpoint-2" / "discriminator.safetensors").is_file()
-    assert main(["train", *common, "--max-steps", "3", "--resume"]) == 0
+    # the same command with --resume (the fixed settings, --model-overrides among them, must match the checkpoint's)
+    assert main(["train", *common, "--max-steps", "3", "--resume", "--model-overrides",
+                 json.dumps(PAPER_MICRO_OVERRIDES)]) == 0
     out = capsys.readouterr().out
     assert "PSNR adaptive" in out
     metrics = json.loads((run / "metrics.json").read_text())
