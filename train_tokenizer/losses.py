@@ -1,4 +1,4 @@
-"""DOVE losses (DESIGN.md §1): reconstruction (MSE + LPIPS + optional patch-GAN), the EOS-length loss with
+"""DOVE losses: reconstruction (MSE + LPIPS + optional patch-GAN), the EOS-length loss with
 its dynamic threshold, and the growing λ_eos schedule."""
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ class ReconstructionLoss(nn.Module):
 
 
 def eos_loss(p_eos: torch.Tensor, lengths: torch.Tensor, rec_per_sample: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Per-sample EOS-length loss (DESIGN.md §1), shape (B,).
+    """Per-sample EOS-length loss (the paper's rule), shape (B,).
 
     - `L_rec > T` (too lossy): `p_eos(m)` — pushing it down moves the end later;
     - else (good enough): `-(1/(m-1))·Σ_{i<m} p_eos(i)` — pulling earlier positions up moves the end earlier;

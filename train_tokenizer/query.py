@@ -1,4 +1,4 @@
-"""Q-DOVE training pieces (DESIGN.md §1): grounding batches with 50% null queries, the query loss
+"""Q-DOVE training pieces: grounding batches with 50% null queries, the query loss
 `L_qry = mean_b L_rec(crop_b) + λ_o·MSE(outside every box)`, and in-box masks for the latent loss."""
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def query_loss(rec_loss, reconstruction: torch.Tensor, target: torch.Tensor, box
                crop_size: int) -> torch.Tensor:
     """Per-sample `L_qry` for the samples with boxes (0 where `boxes[i]` is None), shape (B,).
     Crops are resampled to `crop_size` so LPIPS works on small boxes too (plain torch: torchvision's ops are
-    optional, DESIGN.md §7)."""
+    optional)."""
     batch = reconstruction.shape[0]
     result = torch.zeros(batch, device=reconstruction.device, dtype=reconstruction.dtype)
     rows = [i for i, b in enumerate(boxes) if b is not None]
