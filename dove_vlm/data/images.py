@@ -4,6 +4,7 @@ common mode (grey, grey+alpha, palette, RGBA, CMYK, 16-bit, float) becomes 8-bit
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -76,36 +77,34 @@ def _own_size_check():
         Image.MAX_IMAGE_PIXELS = saved
 
 
-def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """`(width, height)` of an image file from its header (nothing decoded), with `load_image`'s errors."""
-    path = Path(path)
+@contextmanager
+def _opened(path: Path) -> Iterator[Image.Image]:
+    """The image file at `path`, opened and under the pixel limit; any error while it is open (in the caller's
+    block too: decoding, conversion) becomes an `ImageLoadError` naming the file and the cause."""
     if path.is_dir():
         raise ImageLoadError(f"{path} is a directory, not an image file.")
     try:
         with _own_size_check(), Image.open(path) as image:
             check_image_pixels(image, str(path))
-            return image.size
+            yield image
     except ImageLoadError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise _open_error(path, err) from err
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """`(width, height)` of an image file from its header (nothing decoded), with `load_image`'s errors."""
+    with _opened(Path(path)) as image:
+        return image.size
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Open `path` as an 8-bit RGB PIL image, fully decoded (so truncation is caught here, not later). Errors name
     the file and the cause: missing, permission denied, not an image, over the pixel limit, corrupt or truncated."""
-    path = Path(path)
-    if path.is_dir():
-        raise ImageLoadError(f"{path} is a directory, not an image file.")
-    try:
-        with _own_size_check(), Image.open(path) as image:
-            check_image_pixels(image, str(path))
-            image.load()
-            return to_rgb(image, name=str(path))
-    except ImageLoadError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise _open_error(path, err) from err
+    with _opened(Path(path)) as image:
+        image.load()
+        return to_rgb(image, name=str(path))
 
 
 def to_rgb(image: Image.Image | np.ndarray, name: str = "image") -> Image.Image:
