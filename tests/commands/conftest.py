@@ -18,9 +18,9 @@ from PIL import Image
 from tests.llava.conftest import MICRO_LLAVA, _save
 from tests.llava.tiny_models import spread_dove
 
-MICRO_JSON = json.dumps(dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                             decoder_hidden_size=32, decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
-                             decoder_intermediate_size=64, max_tokens=16, token_dim=4))
+MICRO_JSON = json.dumps({"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+                         "decoder_hidden_size": 32, "decoder_num_hidden_layers": 1, "decoder_num_attention_heads": 2,
+                         "decoder_intermediate_size": 64, "max_tokens": 16, "token_dim": 4})
 # `dove train` flags for a run of a few seconds.
 FAST_TRAIN = ["--max-steps", "1", "--vqgan-steps", "1", "--num-train-scenes", "4", "--batch-size", "2",
               "--eval-scenes", "0", "--lpips-weight", "0", "--model-overrides", MICRO_JSON]
@@ -69,7 +69,12 @@ def bomb_png(path, width: int = 20000, height: int = 20000) -> None:
 @pytest.fixture(scope="session")
 def inputs(tmp_path_factory):
     """One folder of every input the command tests read (never written by them)."""
-    root = tmp_path_factory.mktemp("inputs")
+    return build_inputs(tmp_path_factory.mktemp("inputs"))
+
+
+def build_inputs(root):
+    """Write every input of the command tests into the folder `root` (a `Path`; also used by
+    `benchmarks/careless_inputs.py`) and return it."""
     _save(spread_dove(query=False), root / "dove")
     _save(spread_dove(query=True), root / "qdove")
     from llava_patch.training import LlavaTrainingArguments, train_llava
