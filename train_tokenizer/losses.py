@@ -25,6 +25,8 @@ class ReconstructionLossOutput:
 
 # torchvision's ImageNet weights of the LPIPS trunks (what `lpips.LPIPS(pnet_rand=False)` would download).
 TRUNK_WEIGHTS = {"alex": "AlexNet_Weights.IMAGENET1K_V1", "vgg": "VGG16_Weights.IMAGENET1K_V1"}
+# Their file names in torch's hub cache (the basenames of the weights' URLs), so finding them needs no torchvision.
+TRUNK_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
 
 
 class RandomLpipsTrunkError(ValueError):
@@ -35,10 +37,7 @@ def cached_trunk_weights(net: str = "alex") -> tuple[str | None, str]:
     """`(path or None, where torchvision keeps it)`: torchvision's ImageNet weights of the LPIPS trunk `net` when
     they are in its cache — the file `load_state_dict_from_url` reads before downloading
     (`$TORCH_HOME/hub/checkpoints/<name of the weights URL>`). Nothing is downloaded."""
-    from torchvision.models import get_weight
-
-    url = get_weight(TRUNK_WEIGHTS[net]).url
-    path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
+    path = os.path.join(torch.hub.get_dir(), "checkpoints", TRUNK_FILES[net])
     return (path if os.path.isfile(path) else None), path
 
 
