@@ -270,27 +270,32 @@ def _env(home: str | None = None) -> dict:
 # --- checks -------------------------------------------------------------------------------------------------------
 
 
-def _files(root: Path, skip: Path | None = None) -> dict[str, str]:
-    """SHA-256 of every file under `root` (names relative to it), apart from those under `skip`."""
-    found = {}
+def paths_outside(root: Path, skip: Path | None = None):
+    """`(path, is_folder)` for every entry under `root` (os.walk's order), apart from `skip` and what it holds."""
     for dirpath, dirnames, filenames in os.walk(root):
         path = Path(dirpath)
         if skip is not None and (path == skip or skip in path.parents):
             dirnames[:] = []
             continue
-        for name in filenames:
-            item = path / name
-            if item.is_file() and not item.is_symlink():
-                try:
-                    found[str(item.relative_to(root))] = hashlib.sha256(item.read_bytes()).hexdigest()
-                except PermissionError:
-                    found[str(item.relative_to(root))] = f"unreadable {item.stat().st_size}"
-            else:
-                found[str(item.relative_to(root))] = "other"
-        for name in dirnames:
-            if path / name == skip:
-                continue
-            found[str((path / name).relative_to(root)) + "/"] = "folder"
+        for name, is_folder in [(d, True) for d in dirnames] + [(f, False) for f in filenames]:
+            if path / name != skip:
+                yield path / name, is_folder
+
+
+def _files(root: Path, skip: Path | None = None) -> dict[str, str]:
+    """SHA-256 of every file under `root` (names relative to it), apart from those under `skip`."""
+    found = {}
+    for item, is_folder in paths_outside(root, skip):
+        name = str(item.relative_to(root))
+        if is_folder:
+            found[name + "/"] = "folder"
+        elif item.is_file() and not item.is_symlink():
+            try:
+                found[name] = hashlib.sha256(item.read_bytes()).hexdigest()
+            except PermissionError:
+                found[name] = f"unreadable {item.stat().st_size}"
+        else:
+            found[name] = "other"
     return found
 
 

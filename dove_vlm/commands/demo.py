@@ -96,6 +96,22 @@ def _llava_lm_stages(output_dir: str, seed: int, language_model: str, only: tupl
                              only=only, step_callback=step_callback)
 
 
+def _qdove_beside(root: Path, seed: int, threads: int, branch, *branch_args, boost_branch: bool) -> str:
+    """Stage 2's two spawned workers: Q-DOVE's training beside `branch(root, seed, *branch_args, threads[, boost])`;
+    returns Q-DOVE's report. The worker that finishes first sets an event, and the other one (the branch when
+    `boost_branch`, else Q-DOVE) then goes on with every thread (`ThreadBoost`)."""
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
+        first_done = manager.Event()
+        boost = ThreadBoost(first_done, os.cpu_count() or 2)
+        qdove = pool.submit(_train_tokenizer, str(root), seed, True, threads, None if boost_branch else boost)
+        other = pool.submit(branch, str(root), seed, *branch_args, threads, *([boost] if boost_branch else []))
+        (qdove if boost_branch else other).add_done_callback(lambda _: first_done.set())
+        report = qdove.result()
+        other.result()
+    return report
+
+
 def _set_threads(threads: int) -> None:
     """Torch's thread count, and that of the processes started from here (the lmms-eval runs)."""
     import torch
@@ -138,15 +154,7 @@ def run_demo(output_dir: str | os.PathLike = "runs/demo", seed: int = 0, llava: 
         threads = max(1, (os.cpu_count() or 2) // 2)
         log(f"[dove demo] stage 2/{total}: in parallel ({threads} thread(s) per process): Q-DOVE into "
             f"{root / 'qdove'} | LLaVA on the grid tower, then DOVE LoRA and their lmms-eval runs, into {root}")
-        context = multiprocessing.get_context("spawn")
-        with context.Manager() as manager, ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
-            branch_done = manager.Event()
-            boost = ThreadBoost(branch_done, os.cpu_count() or 2)
-            qdove = pool.submit(_train_tokenizer, str(root), seed, True, threads, boost)
-            branch = pool.submit(_llava_branch, str(root), seed, threads)
-            branch.add_done_callback(lambda _: branch_done.set())
-            reports.append(qdove.result())
-            branch.result()
+        reports.append(_qdove_beside(root, seed, threads, _llava_branch, boost_branch=False))
     else:
         log(f"[dove demo] stage 2/{total}: Q-DOVE (text queries) from it into {root / 'qdove'}")
         reports.append(_train_tokenizer(str(root), seed, query=True))
@@ -181,15 +189,9 @@ def _run_lm_demo(root: Path, seed: int, jobs: int | None, log, language_model: s
         threads = max(1, (os.cpu_count() or 2) // 2)
         log(f"[dove demo] stage 2/4: in parallel ({threads} thread(s) per process): Q-DOVE into {root / 'qdove'} | "
             f"LLaVA on {language_model} (grid and DOVE rows: align, finetune) into {lm_root}")
-        context = multiprocessing.get_context("spawn")
-        with context.Manager() as manager, ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
-            qdove_done = manager.Event()
-            boost = ThreadBoost(qdove_done, os.cpu_count() or 2)  # the LLaVA rows are the longer branch here
-            qdove = pool.submit(_train_tokenizer, str(root), seed, True, threads)
-            qdove.add_done_callback(lambda _: qdove_done.set())
-            branch = pool.submit(_llava_lm_stages, str(root), seed, language_model, ("grid", "dove"), threads, boost)
-            reports.append(qdove.result())
-            branch.result()
+        # the LLaVA rows are the longer branch here: they take Q-DOVE's threads once it is done
+        reports.append(_qdove_beside(root, seed, threads, _llava_lm_stages, language_model, ("grid", "dove"),
+                                     boost_branch=True))
     else:
         log(f"[dove demo] stage 2/4: Q-DOVE (text queries) from it into {root / 'qdove'}")
         reports.append(_train_tokenizer(str(root), seed, query=True))

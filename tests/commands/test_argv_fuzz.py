@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +28,9 @@ from hypothesis import strategies as st
 
 from tests.commands.conftest import MICRO_JSON, run_dove
 from tests.commands.test_validation import digest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from careless_inputs import paths_outside  # noqa: E402  (the benchmark's tree walk: one definition of a change)
 
 SCALE = float(os.environ.get("ARGV_FUZZ_EXAMPLES", "1"))
 RUN = collections.Counter()  # calls per command, and how many ended with 0 (a real tiny run)
@@ -108,18 +112,18 @@ def _overlaps(a: Path, b: Path) -> bool:
 
 def _tree(root: Path, skip: Path | None) -> dict:
     found = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        path = Path(dirpath)
-        if skip is not None and (path == skip or skip in path.parents):
-            dirnames[:] = []
-            continue
-        for name in dirnames + filenames:
-            item = path / name
-            if skip is not None and item == skip:
-                continue
-            stat = item.lstat()
-            found[str(item)] = (stat.st_size if item.is_file() else -1, stat.st_mtime_ns if item.is_file() else 0)
+    for item, _ in paths_outside(root, skip):
+        stat = item.lstat()
+        found[str(item)] = (stat.st_size if item.is_file() else -1, stat.st_mtime_ns if item.is_file() else 0)
     return found
+
+
+def check_drawn(data, inputs: Path, command: str, head: list[str], slots: list, flag: str, copy: str,
+                limit: float = 120.0) -> int:
+    """`dove COMMAND *head *argv`, the argv drawn from `slots` plus an output folder that may overlap `flag`'s input
+    (`overlap`), run and checked by `check_call`."""
+    argv = data.draw(argv_of(slots)) + data.draw(overlap(flag, copy))
+    return check_call(command, [*command.split(), *head, *argv], inputs, limit)
 
 
 def check_call(command: str, argv: list[str], inputs: Path, limit: float = 120.0) -> int:
@@ -241,7 +245,7 @@ def test_train_argv(inputs, data):
 @given(data=st.data())
 def test_report_argv(inputs, data):
     good_out, bad_out = output_choices(inputs)
-    argv = data.draw(argv_of([
+    check_drawn(data, inputs, "report", [], [
         slot("--model", _p(inputs, "dove"), _p(inputs, "base", "lora", "listcfg", "missing", "vqa.json")),
         slot("--output-dir", good_out, bad_out),
         slot("--data", ["synthetic:2", str(inputs / "images")],
@@ -254,9 +258,7 @@ def test_report_argv(inputs, data):
         slot("--query-model", _p(inputs, "qdove"), _p(inputs, "dove", "missing"), optional=True),
         slot("--pca-images", ["2"], ["0", "-1"], optional=True),
         slot("--overwrite", [None], optional=True, switch=True),
-    ]))
-    argv += data.draw(overlap("--model", "{sandbox}/model"))
-    check_call("report", ["report", *argv], inputs)
+    ], "--model", "{sandbox}/model")
 
 
 @fuzz(30)
@@ -266,7 +268,7 @@ def test_eval_export_argv(inputs, data):
     source = data.draw(slot("--from-file", _p(inputs, "vqa.json"), _p(
         inputs, "vqa_types.json", "vqa_text_image.json", "vqa_escape.json", "vqa_latin1.jsonl", "vqa_cut.jsonl",
         "missing.json", "images", "badtask.yaml", "dove/config.json"), optional=True))
-    argv = data.draw(argv_of([
+    check_drawn(data, inputs, "eval export", source[0], [
         slot("--output-dir", good_out, bad_out),
         slot("--task-name", ["t1", "my_vqa"], st.one_of(st.sampled_from(["../escaped", "a/b", "..", "", "1x"]), TEXT),
              optional=True),
@@ -276,9 +278,7 @@ def test_eval_export_argv(inputs, data):
         slot("--seed", ["0"], ["-1", "x"], optional=True),
         slot("--image-size", ["32", "16"], ["0", "3", "x"], optional=True),
         slot("--overwrite", [None], optional=True, switch=True),
-    ]))
-    argv += data.draw(overlap("--from-file", "{sandbox}/data/vqa.json"))
-    check_call("eval export", ["eval", "export", *source[0], *argv], inputs)
+    ], "--from-file", "{sandbox}/data/vqa.json")
 
 
 @fuzz(30)
@@ -327,9 +327,7 @@ def test_llava_train_argv(inputs, data):
     if stage == "lora":
         slots += [slot("--base-model", _p(inputs, "base"), _p(inputs, "dove", "lora", "missing", "wrongfile")),
                   slot("--init-adapter", _p(inputs, "lora"), _p(inputs, "base", "missing"), optional=True)]
-    argv = data.draw(argv_of(slots))
-    argv += data.draw(overlap("--tower", "{sandbox}/model"))
-    check_call("llava-train", ["llava-train", "--stage", stage, *micro, *argv], inputs)
+    check_drawn(data, inputs, "llava-train", ["--stage", stage, *micro], slots, "--tower", "{sandbox}/model")
 
 
 @fuzz(15)

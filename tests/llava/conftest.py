@@ -65,3 +65,19 @@ def align_dir(dove_dir, micro_lm_dir, tmp_path_factory):
     train_llava(LlavaTrainingArguments(output_dir=str(path), stage="align", tower=dove_dir, language_model=micro_lm_dir,
                                        max_steps=2, learning_rate=3e-3, **dict(MICRO_DATA, eval_scenes=0)))
     return str(path)
+
+
+@pytest.fixture
+def final_model(monkeypatch):
+    """The in-memory model and processor that `train_llava` saves at its end, as `{"model", "processor"}`."""
+    from llava_patch.training import train as training
+
+    captured = {}
+    original = training._save_final
+
+    def spy(args, output_dir, raw_model, tower, processor):
+        captured["model"], captured["processor"] = raw_model, processor
+        return original(args, output_dir, raw_model, tower, processor)
+
+    monkeypatch.setattr(training, "_save_final", spy)
+    return captured

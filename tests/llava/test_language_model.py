@@ -38,26 +38,13 @@ def test_align_trains_only_the_projector_and_saves_it_alone(align_dir, micro_lm_
     assert model.model.language_model.embed_tokens.weight.shape[0] == lm.model.embed_tokens.weight.shape[0] + 1
 
 
-def test_finetune_from_align_and_reload_give_the_same_answers(align_dir, dove_dir, tmp_path):
-    from llava_patch.training import train as training
-
-    captured = {}
-    original = training._save_final
-
-    def spy(args, output_dir, raw_model, tower, processor):
-        captured["model"], captured["processor"] = raw_model, processor
-        return original(args, output_dir, raw_model, tower, processor)
-
-    training._save_final = spy
-    try:
-        metrics = train_llava(LlavaTrainingArguments(output_dir=str(tmp_path), stage="finetune", tower=dove_dir,
-                                                     base_model=align_dir, turns_per_image=3, merge=True, **FINETUNE))
-    finally:
-        training._save_final = original
+def test_finetune_from_align_and_reload_give_the_same_answers(align_dir, dove_dir, tmp_path, final_model):
+    metrics = train_llava(LlavaTrainingArguments(output_dir=str(tmp_path), stage="finetune", tower=dove_dir,
+                                                 base_model=align_dir, turns_per_image=3, merge=True, **FINETUNE))
     assert metrics["eval"]["num_questions"] > 0 and metrics["stage"] == "finetune"
     records = build_vqa_split("test", 4, seed=0, questions_per_scene=1)
-    captured["model"].eval()
-    before = generate_answers(captured["model"], captured["processor"], records, batch_size=4)
+    final_model["model"].eval()
+    before = generate_answers(final_model["model"], final_model["processor"], records, batch_size=4)
     model, processor = load_llava_lora(tmp_path)
     assert generate_answers(model, processor, records, batch_size=2) == before
     merged, merged_processor = load_dove_llava(str(tmp_path), merged=True)

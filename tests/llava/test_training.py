@@ -197,25 +197,12 @@ def test_save_load_generate_identical_unmerged_and_merged(lora_dir):
     assert generate_answers(again, processor2, records, batch_size=3, max_new_tokens=3)[0] == answers
 
 
-def test_trained_in_memory_model_equals_the_saved_adapter(dove_dir, base_dir, tmp_path):
-    from llava_patch.training import train as training
-
-    captured = {}
-    original = training._save_final
-
-    def spy(args, output_dir, raw_model, tower, processor):
-        captured["model"], captured["processor"] = raw_model, processor
-        return original(args, output_dir, raw_model, tower, processor)
-
-    training._save_final = spy
-    try:
-        train_llava(LlavaTrainingArguments(output_dir=str(tmp_path), stage="lora", tower=dove_dir, base_model=base_dir,
-                                           **dict(LORA, eval_scenes=0, max_steps=2)))
-    finally:
-        training._save_final = original
+def test_trained_in_memory_model_equals_the_saved_adapter(dove_dir, base_dir, tmp_path, final_model):
+    train_llava(LlavaTrainingArguments(output_dir=str(tmp_path), stage="lora", tower=dove_dir, base_model=base_dir,
+                                       **dict(LORA, eval_scenes=0, max_steps=2)))
     records = build_vqa_split("test", 6, seed=0, questions_per_scene=1)
-    captured["model"].eval()
-    before = generate_answers(captured["model"], captured["processor"], records, batch_size=6)
+    final_model["model"].eval()
+    before = generate_answers(final_model["model"], final_model["processor"], records, batch_size=6)
     loaded, processor = load_llava_lora(tmp_path)
     assert generate_answers(loaded, processor, records, batch_size=2) == before
 
