@@ -7,6 +7,7 @@ config files and headers only."""
 from __future__ import annotations
 
 import os
+from fnmatch import fnmatch
 from pathlib import Path
 
 from ..checkpoints import check_checkpoint_dir, check_source, describe_kind, model_kind, read_config, supports_queries
@@ -23,8 +24,9 @@ LLAVA_OUTPUTS = ("checkpoint-*", ".checkpoint-*", ".trash-*", "adapter", "tower"
 REPORT_OUTPUTS = ("report.json", "quality_vs_tokens.png", "reconstructions.png", "length_histogram.png",
                   "length_vs_complexity.png", "linear_probe.png", "pca_features.png", "photos_length_vs_complexity.png",
                   "queries.png")
+# What `dove demo` writes (patterns): a finished demo folder is reused, by `dove demo --language-model` too.
 DEMO_ENTRIES = ("tokenizer", "qdove", "llava_base", "llava_dove", "llava_qdove", "eval_data", "eval_compare",
-                "report.md")
+                "report.md", "llava_report.md", "llava_results.json", "llava_lm_*")
 
 # Settings a resumed run cannot change: its checkpoint was trained with them.
 TRAIN_FIXED = ("preset", "data", "num_train_scenes", "seed", "vqgan", "vqgan_steps", "vqgan_batch_size",
@@ -293,7 +295,7 @@ def check_demo(ns) -> None:
 
     check_seed(ns.seed)
     check_int("jobs", ns.jobs, 1, 64, optional=True)
-    foreign = [name for name in entries(ns.output_dir) if name not in DEMO_ENTRIES]
+    foreign = [name for name in entries(ns.output_dir) if not any(fnmatch(name, p) for p in DEMO_ENTRIES)]
     if foreign:
         raise ValueError(f"--output-dir {ns.output_dir} holds files that are not a dove demo's ({', '.join(foreign[:5])}"
                          f"); `dove demo` resumes its stages in an earlier demo folder, so choose an empty folder or "

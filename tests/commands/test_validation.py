@@ -321,10 +321,16 @@ def test_demo_reruns_into_its_own_folder_but_not_into_a_foreign_one(tmp_path, mo
     (finished / "report.md").write_text("# dove demo report")
     code, out, err = run_dove(["demo", "--output-dir", finished, "--no-llava"])
     assert code == 0 and calls == [str(finished)], err  # an earlier demo's folder: its stages are reused
+    # A finished default demo (its LLaVA report and results, an LM demo's folder) is reused as well.
+    for name in ("llava_report.md", "llava_results.json"):
+        (finished / name).write_text("{}")
+    (finished / "llava_lm_smollm2-135m-instruct.q4_1").mkdir()
+    code, out, err = run_dove(["demo", "--output-dir", finished, "--no-llava"])
+    assert code == 0 and calls == [str(finished)] * 2, err
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("keep")
     code, _, err = run_dove(["demo", "--output-dir", tmp_path / "mine"])
     one_line_error(code, err, "demo", "not a dove demo's", "thesis.tex")
     code, _, err = run_dove(["demo", "--output-dir", finished, "--jobs", "0"])
     one_line_error(code, err, "demo", "--jobs")
-    assert calls == [str(finished)]
+    assert calls == [str(finished)] * 2
