@@ -72,3 +72,27 @@ class PhotoCrops:
         name = self.names[index % len(self.names)]
         rng = np.random.default_rng([self.seed, 0xC409, index])
         return random_crop(rng, load_photo(name), self.image_size), name
+
+
+FOOLBOX_PREFIXES = ("cifar10_", "cifar100_", "imagenet_")  # its MNIST / Fashion-MNIST samples are left out
+
+
+def foolbox_samples(prefixes: tuple[str, ...] = FOOLBOX_PREFIXES) -> list[tuple[str, np.ndarray]]:
+    """The CIFAR-10/100 and ImageNet sample images inside the `foolbox` wheel's `data/` folder (found through
+    importlib: foolbox itself, which needs eagerpy, is never imported), as `(file name, (H, W, 3) uint8)`.
+    `ValueError` when foolbox is not installed (`pip install --no-deps foolbox`)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("foolbox")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("foolbox is not installed: `pip install --no-deps foolbox` adds its sample images.")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "data"
+    files = sorted(p for p in folder.glob("*") if p.name.startswith(prefixes))
+    if not files:
+        raise ValueError(f"no {', '.join(prefixes)} sample images in {folder}.")
+    samples = []
+    for path in files:
+        with Image.open(path) as image:
+            samples.append((path.name, np.asarray(to_rgb(image, name=str(path)))))
+    return samples
