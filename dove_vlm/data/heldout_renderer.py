@@ -28,6 +28,7 @@ class RenderedScene:
     num_objects: int
     background: str  # "light" | "dark"
     palette: str
+    labels: np.ndarray  # (H, W) int: 0 background, i for a pixel that object i (1-based) touches
 
 
 def _polygon(cx: float, cy: float, radius: float, points: int, inner: float | None, turn: float):
@@ -66,10 +67,12 @@ def render_heldout_scene(rng: np.random.Generator, image_size: int) -> RenderedS
     bottom = np.clip(top + (rng.uniform(-40, 40) if rng.random() < 0.4 else 0), 0, 255)
     ramp = np.linspace(0, 1, canvas)[:, None, None]
     pixels = np.broadcast_to(top * (1 - ramp) + bottom * ramp, (canvas, canvas, 3)).copy()
-    palette = list(PALETTES)[int(rng.integers(0, len(PALETTES)))]
-    colours = [c for c in PALETTES[palette] if abs(np.mean(c) - level) > 60] or list(PALETTES[palette])
+    usable = {name: [c for c in colours if abs(np.mean(c) - level) > 60] for name, colours in PALETTES.items()}
+    usable = {name: colours for name, colours in usable.items() if colours}  # e.g. no pastel on a light ground
+    palette = list(usable)[int(rng.integers(0, len(usable)))]
+    colours = usable[palette]
     count = int(rng.integers(0, MAX_HELDOUT_OBJECTS + 1))
-    taken = np.zeros((canvas, canvas), dtype=bool)
+    taken = np.zeros((canvas, canvas), dtype=np.int64)
     drawn = 0
     for _ in range(count):
         for _attempt in range(30):  # keep objects apart so that the count is what the eye sees
@@ -81,11 +84,12 @@ def render_heldout_scene(rng: np.random.Generator, image_size: int) -> RenderedS
                 break
         else:
             continue
-        taken[rows, cols] = True
-        pixels[rows, cols] = colours[int(rng.integers(0, len(colours)))]
         drawn += 1
+        taken[rows, cols] = drawn
+        pixels[rows, cols] = colours[int(rng.integers(0, len(colours)))]
     image = Image.fromarray(np.uint8(pixels.round())).resize((image_size, image_size), Image.Resampling.BOX)
-    return RenderedScene(image, drawn, "light" if light else "dark", palette)
+    labels = taken.reshape(image_size, _SCALE, image_size, _SCALE).max(axis=(1, 3))
+    return RenderedScene(image, drawn, "light" if light else "dark", palette, labels)
 
 
 class HeldOutScenes:
