@@ -8,8 +8,8 @@
   one (the mean L_rec of the last `threshold_window` steps, over the whole global batch; queried rows have their
   own, of in-box losses); with `length_objective="source"`, one such running mean per data source of the
   training mix (`StepBatch.sources`), so each source's images spread over the lengths by their own difficulty
-  instead of the easier source taking every short code; or, with `query_threshold="teacher"`, the in-box loss the starting DOVE reaches on the
-  same box (`teacher_thresholds`);
+  instead of the easier source taking every short code; or, with `query_threshold="teacher"`, the in-box loss
+  the starting DOVE reaches on the same box (`teacher_thresholds`);
 - `L_distill`: with a teacher, the null query's p_eos is held to the teacher's (`null_query_distillation`), which
   then replaces L_eos on those rows;
 - `L_lat`: MSE of the predicted latents (in the boxes for in-box rows).
@@ -22,10 +22,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .distributed import Ranks
-from .draws import StepBatch
 from dove_vlm.data.mix import SOURCES
 
+from .distributed import Ranks
+from .draws import StepBatch
 from .losses import DynamicThreshold, EosWeightSchedule, eos_loss
 from .query import box_mask, query_loss
 
