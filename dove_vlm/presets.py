@@ -75,7 +75,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "eos_ramp_steps": 1600,
             "truncation_prob": 0.25,
             "data_mix": "wide",  # scenes of every background and palette, photo crops, augmentation
-            "length_objective": "source",  # the EOS threshold calibrated per data source
+            "length_objective": "paper",  # or "source": the EOS threshold calibrated per data source of the mix
             "lpips_weight": 0.1,
             "latent_weight": 1.0,
             "gan_weight": 0.0,
