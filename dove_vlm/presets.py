@@ -74,6 +74,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "eos_warmup_steps": 400,
             "eos_ramp_steps": 1600,
             "truncation_prob": 0.25,
+            "data_mix": "wide",  # scenes of every background and palette, photo crops, augmentation
+            "length_objective": "paper",  # or "source": the EOS threshold calibrated per data source of the mix
             "lpips_weight": 0.1,
             "latent_weight": 1.0,
             "gan_weight": 0.0,
@@ -108,6 +110,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "eos_weight_end": 1.0,
             "eos_warmup_steps": 5000,
             "eos_ramp_steps": 50_000,
+            "data_mix": "scenes",
+            "length_objective": "paper",
             # Beyond the paper (which trains at the adaptive lengths only): a quarter of the samples decode from a
             # random prefix, so every prefix decodes (the length knob, fixed-k baselines and `dove report`'s curve).
             "truncation_prob": 0.25,

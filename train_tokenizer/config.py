@@ -9,7 +9,10 @@ from typing import Any
 from pathlib import Path
 
 from dove_vlm.checks import check_choice, check_float, check_int, check_probability, check_seed, flag, synthetic_count
+from dove_vlm.data.mix import DATA_MIXES
 from dove_vlm.presets import check_model_overrides, preset_training
+
+LENGTH_OBJECTIVES = ("paper", "source")  # the EOS threshold: one for all images, or one per data source
 
 
 @dataclass
@@ -38,6 +41,12 @@ class TrainingArguments:
             the latent target speeds up learning; the EOS loss and its threshold still use the paper's L_rec.
         eos_weight_start / eos_weight_end / eos_warmup_steps / eos_ramp_steps: the growing λ_eos schedule.
         threshold_window: steps averaged by the dynamic EOS threshold (100 in the paper).
+        data_mix: what `data` synthetic trains on: `scenes` (the embedded scenes alone) or `wide` (the scenes with
+            light, white, low-saturation and photo-like backgrounds, a share of crops of real photos, and
+            colour / greyscale / flip augmentation: `dove_vlm.data.mix`).
+        length_objective: the EOS threshold of plain samples: `paper` (one running mean of L_rec over every image)
+            or `source` (one running mean per data source of the mix: scenes and photo crops each spread over the
+            lengths by their own difficulty, instead of one source taking the short codes and the other the long).
         truncation_prob: share of samples decoded from a random prefix length instead of their own length,
             so the decoder learns every length (beyond the paper; their EOS loss is skipped).
         checkpoint_every / keep_checkpoints: checkpoint interval (steps) and how many to keep.
@@ -108,6 +117,8 @@ class TrainingArguments:
     eos_warmup_steps: int | None = None
     eos_ramp_steps: int | None = None
     threshold_window: int = 100
+    data_mix: str | None = None
+    length_objective: str | None = None
     truncation_prob: float | None = None
     checkpoint_every: int | None = None
     keep_checkpoints: int = 2
@@ -150,6 +161,8 @@ class TrainingArguments:
             raise ValueError(f"--mixed-precision must be 'no', 'bf16' or 'auto', got {self.mixed_precision!r} (fp16 "
                              "overflows here).")
         check_choice("query_threshold", self.query_threshold, ("teacher", "running"))
+        check_choice("data_mix", self.data_mix, DATA_MIXES)
+        check_choice("length_objective", self.length_objective, LENGTH_OBJECTIVES)
         check_seed(self.seed)
         for name in ("max_steps", "batch_size", "checkpoint_every", "gradient_accumulation_steps", "num_train_scenes",
                      "vqgan_batch_size", "threshold_window", "log_every", "query_min_tokens"):

@@ -1,6 +1,7 @@
 """Training data for the tokenizer: what `--data` names, a held-out split of it, and the batch order.
 
-- `synthetic[:N]`: the embedded scenes, materialised once as uint8 (the final evaluation uses the scenes' own
+- `synthetic[:N]`: the embedded scenes (or, with `data_mix="wide"`, the mix of `dove_vlm.data.mix`: scenes of every
+  background and palette, photo crops, augmentation; each image's source is kept), materialised once as uint8 (the final evaluation uses the scenes' own
   `test` split); image folders and `datasets` folders: decoded in DataLoader workers, with a seeded share held
   out for the final evaluation; `hf:NAME[:SPLIT]`: streamed (see `streaming.py`).
 - The batch of a step is a pure function of (seed, step): the GLOBAL batch (all processes together) is the same
@@ -20,18 +21,22 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm.auto import tqdm
 
 from dove_vlm.data import SyntheticScenes, build_image_dataset
+from dove_vlm.data.mix import TrainingMix
 from dove_vlm.data.datasets import to_pixel_values, to_uint8  # noqa: F401  (re-exported)
 from dove_vlm.image_processing_dove import DoveImageProcessor
 
 
 
 class UInt8ImageDataset(Dataset):
-    """Images kept as a `(N, 3, H, W)` uint8 tensor; items are `{"pixel_values": (3, H, W) in [-1, 1]}`."""
+    """Images kept as a `(N, 3, H, W)` uint8 tensor; items are `{"pixel_values": (3, H, W) in [-1, 1]}`.
+    `sources`: optional `(N,)` long, the data source of each image (see `dove_vlm.data.mix.SOURCES`)."""
 
-    def __init__(self, images: torch.Tensor):
+    def __init__(self, images: torch.Tensor, sources: torch.Tensor | None = None):
         if images.ndim != 4 or images.dtype != torch.uint8:
             raise ValueError(f"expected a (N, 3, H, W) uint8 tensor, got {tuple(images.shape)} {images.dtype}.")
-        self.images = images
+        if sources is not None and sources.shape != images.shape[:1]:
+            raise ValueError(f"expected one source per image, got {tuple(sources.shape)} for {len(images)} images.")
+        self.images, self.sources = images, sources
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -47,15 +52,28 @@ def materialize_scenes(scenes: SyntheticScenes, desc: str = "generating scenes")
     return torch.stack(images)
 
 
+def materialize_mix(mix: TrainingMix, desc: str = "generating the training mix") -> UInt8ImageDataset:
+    """Every image of the mix once, as a `UInt8ImageDataset` that keeps each image's source."""
+    images, sources = [], []
+    for i in tqdm(range(len(mix)), desc=desc, leave=False):
+        image, source = mix[i]
+        images.append(torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1))
+        sources.append(source)
+    return UInt8ImageDataset(torch.stack(images), torch.tensor(sources, dtype=torch.long))
+
+
 def is_synthetic(spec: str) -> bool:
     return spec == "synthetic" or spec.startswith("synthetic:")
 
 
-def build_training_dataset(spec: str, image_size: int, num_scenes: int, seed: int) -> Dataset:
-    """`synthetic[:N]` → materialised synthetic scenes; anything else → `build_image_dataset` (folders,
-    `datasets` folders), resized to the model's `image_size`; images are decoded when an item is read."""
+def build_training_dataset(spec: str, image_size: int, num_scenes: int, seed: int, mix: str = "scenes") -> Dataset:
+    """`synthetic[:N]` → materialised synthetic scenes (`mix="wide"`: the training mix); anything else →
+    `build_image_dataset` (folders, `datasets` folders), resized to the model's `image_size`; images are decoded
+    when an item is read."""
     if is_synthetic(spec):
         count = int(spec.split(":", 1)[1]) if ":" in spec else num_scenes
+        if mix == "wide":
+            return materialize_mix(TrainingMix(count, image_size, seed))
         scenes = SyntheticScenes(count, image_size=image_size, seed=seed, split="train")
         return UInt8ImageDataset(materialize_scenes(scenes))
     dataset = build_image_dataset(spec, DoveImageProcessor(size=image_size), num_scenes=num_scenes, seed=seed)
@@ -175,6 +193,11 @@ class TrainingData:
     def synthetic(self) -> bool:
         return is_synthetic(self.spec)
 
+    @property
+    def sources(self) -> torch.Tensor | None:
+        """`(N,)` the data source of each training image, when the data keep it (the `wide` mix)."""
+        return getattr(self.images, "sources", None)
+
     def __len__(self) -> int:
         if self.images is None:
             raise TypeError(f"the streamed data {self.spec!r} has no length.")
@@ -196,7 +219,8 @@ class TrainingData:
                            num_workers)
 
 
-def build_training_data(spec: str, image_size: int, num_scenes: int, seed: int, eval_images: int) -> TrainingData:
+def build_training_data(spec: str, image_size: int, num_scenes: int, seed: int, eval_images: int,
+                        mix: str = "scenes") -> TrainingData:
     """`TrainingData` for `--data spec`: the synthetic scenes, a folder (or `datasets` folder) with a held-out
     split of up to `eval_images`, or an `hf:NAME[:SPLIT]` stream whose first `eval_images` rows are held out."""
     if spec.startswith("hf:"):
@@ -204,7 +228,7 @@ def build_training_data(spec: str, image_size: int, num_scenes: int, seed: int, 
 
         stream = ImageStream.open(spec, DoveImageProcessor(size=image_size), held_out=eval_images)
         return TrainingData(spec, stream=stream, held_out=stream.held_out_images())
-    dataset = build_training_dataset(spec, image_size, num_scenes, seed)
+    dataset = build_training_dataset(spec, image_size, num_scenes, seed, mix)
     if is_synthetic(spec):
         return TrainingData(spec, images=dataset)
     train, held_out = held_out_split(dataset, eval_images, seed)

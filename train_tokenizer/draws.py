@@ -47,6 +47,7 @@ class StepBatch:
     boxes: list | None = None  # Q-DOVE: each row's (K, 4) pixel boxes, None for a whole-image target
     full: torch.Tensor | None = None  # (b,) queried rows decoded from every slot toward the whole image
     latents: torch.Tensor | None = None  # the frozen VQGAN's cached latents of the images
+    sources: torch.Tensor | None = None  # (b,) each image's data source, when the data keep it
 
     @property
     def queried(self) -> torch.Tensor:
@@ -76,17 +77,19 @@ class StepBatch:
 
 def draw_step(batch: dict, step: int, seed: int, max_tokens: int, truncation_prob: float, grounding=None,
               null_prob: float = 0.0, full_prob: float = 0.0, rank: int = 0, world: int = 1,
-              latents: torch.Tensor | None = None, device: torch.device | str = "cpu") -> StepBatch:
+              latents: torch.Tensor | None = None, device: torch.device | str = "cpu",
+              sources: torch.Tensor | None = None) -> StepBatch:
     """The `StepBatch` of process `rank` for a loader batch (`{"pixels" uint8, "index"?}`) at (micro) `step`;
-    its images are in [-1, 1] on `device`."""
+    its images are in [-1, 1] on `device`; `latents` / `sources`: per training image, picked by the batch's index."""
     images = to_pixel_values(batch["pixels"].to(device))
     size = images.shape[0]
     mine = slice(rank * size, (rank + 1) * size)
     forced = sample_truncation(size * world, max_tokens, truncation_prob, seed, step)[mine].to(images.device)
     indices = batch.get("index")
     cached = None if latents is None or indices is None else latents[indices.tolist()].to(images.device)
+    origin = None if sources is None or indices is None else sources[indices.tolist()].to(images.device)
     if grounding is None:
-        return StepBatch(images, forced, latents=cached)
+        return StepBatch(images, forced, latents=cached, sources=origin)
     everyone = batch_indices(len(grounding), size * world, step, seed)  # the global batch, every process's rows
     if everyone[mine] != indices.tolist():
         raise RuntimeError(f"process {rank}'s batch at step {step} is not its slice of the global batch.")

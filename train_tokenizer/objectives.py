@@ -6,8 +6,10 @@
   image) or the query loss `L_qry` (in-box rows), each computed once;
 - `L_eos`: the EOS-length loss of the rows decoded at their own length against a threshold: the paper's dynamic
   one (the mean L_rec of the last `threshold_window` steps, over the whole global batch; queried rows have their
-  own, of in-box losses) or, with `query_threshold="teacher"`, the in-box loss the starting DOVE reaches on the
-  same box (`teacher_thresholds`);
+  own, of in-box losses); with `length_objective="source"`, one such running mean per data source of the
+  training mix (`StepBatch.sources`), so each source's images spread over the lengths by their own difficulty
+  instead of the easier source taking every short code; or, with `query_threshold="teacher"`, the in-box loss
+  the starting DOVE reaches on the same box (`teacher_thresholds`);
 - `L_distill`: with a teacher, the null query's p_eos is held to the teacher's (`null_query_distillation`), which
   then replaces L_eos on those rows;
 - `L_lat`: MSE of the predicted latents (in the boxes for in-box rows).
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from dove_vlm.data.mix import SOURCES
 
 from .distributed import Ranks
 from .draws import StepBatch
@@ -51,6 +55,10 @@ class DoveObjective:
         self.args, self.rec_loss, self.model, self.teacher, self.ranks = args, rec_loss, model, teacher, ranks
         self.threshold = DynamicThreshold(window=args.threshold_window)  # plain rows: full-image L_rec
         self.query_threshold = DynamicThreshold(window=args.threshold_window)  # queried rows: in-box L_rec only
+        # length_objective="source": plain rows of each data source against their own running mean.
+        self.per_source = args.length_objective == "source"
+        self.source_thresholds = [DynamicThreshold(window=args.threshold_window) for _ in SOURCES]
+        self._pending_sources = [float("nan")] * len(SOURCES)
         self.schedule = EosWeightSchedule(start=args.eos_weight_start, end=args.eos_weight_end,
                                           warmup_steps=args.eos_warmup_steps, ramp_steps=args.eos_ramp_steps)
         self.crop_size = max(32, model.config.image_size // 4)
@@ -82,7 +90,7 @@ class DoveObjective:
         batch_query_rec = ranks.masked_mean(detached, adaptive & queried)
         self._pending = (batch_rec, batch_query_rec)
         threshold, query_threshold = self.threshold.value(batch_rec), self.query_threshold.value(batch_query_rec)
-        thresholds = torch.where(queried, query_threshold, threshold)
+        thresholds = torch.where(queried, query_threshold, self.plain_thresholds(detached, batch, threshold))
         anchored = adaptive & queried
         teacher_enc = None
         if self.teacher is not None:
@@ -126,16 +134,34 @@ class DoveObjective:
             logs["mean_length_queried"] = (lengths[anchored].sum(), anchored.sum())
         return loss, logs
 
+    def plain_thresholds(self, detached: torch.Tensor, batch: StepBatch, threshold: float) -> torch.Tensor | float:
+        """The EOS threshold of each plain row: the shared running one, or (per source) its source's."""
+        if not self.per_source or batch.sources is None:
+            return threshold
+        rows = batch.adaptive & ~batch.queried
+        values = []
+        for index, running in enumerate(self.source_thresholds):  # a collective per source, on every process
+            current = self.ranks.masked_mean(detached, rows & (batch.sources == index))
+            self._pending_sources[index] = current
+            values.append(running.value(current))
+        return torch.tensor(values, device=detached.device, dtype=detached.dtype)[batch.sources]
+
     def update(self) -> None:
         """After the step: this step's (global) batch losses join the running thresholds."""
         self.threshold.update(self._pending[0])
         self.query_threshold.update(self._pending[1])
+        for running, value in zip(self.source_thresholds, self._pending_sources):
+            running.update(value)
+        self._pending_sources = [float("nan")] * len(SOURCES)
 
     def state_dict(self) -> dict:
-        return {"threshold": self.threshold.state_dict(), "query_threshold": self.query_threshold.state_dict()}
+        return {"threshold": self.threshold.state_dict(), "query_threshold": self.query_threshold.state_dict(),
+                "source_thresholds": [t.state_dict() for t in self.source_thresholds]}
 
     def load_state_dict(self, state: dict) -> None:
         if "threshold" in state:
             self.threshold.load_state_dict(state["threshold"])
         if "query_threshold" in state:
             self.query_threshold.load_state_dict(state["query_threshold"])
+        for running, saved in zip(self.source_thresholds, state.get("source_thresholds", [])):
+            running.load_state_dict(saved)

@@ -124,7 +124,8 @@ def add_query_embedding(model: DoveModel, tokenizer, seed: int = 0) -> DoveModel
 def build_data(args: TrainingArguments, image_size: int):
     """`(grounding set or None, TrainingData)` for `--data` (grounding data with `--query`)."""
     if not args.query:
-        return None, build_training_data(args.data, image_size, args.num_train_scenes, args.seed, args.eval_scenes)
+        return None, build_training_data(args.data, image_size, args.num_train_scenes, args.seed, args.eval_scenes,
+                                         args.data_mix)
     grounding, held_out = build_grounding(args.data, image_size, args.num_train_scenes, args.seed, args.eval_scenes)
     return grounding, TrainingData(args.data, images=grounding.images, held_out=held_out)
 
@@ -265,7 +266,7 @@ def train(args: TrainingArguments, step_callback: Callable[[int], None] | None =
             micro_step = step * accumulation + micro
             batch = draw_step(next(batches), micro_step, args.seed, run.raw_model.config.max_tokens,
                               args.truncation_prob, grounding, args.query_null_prob, args.query_full_prob,
-                              ranks.rank, ranks.world, latents, accelerator.device)
+                              ranks.rank, ranks.world, latents, accelerator.device, data.sources)
             with accelerator.accumulate(run.model), accelerator.autocast():
                 out = run.model(batch.images, queries=batch.queries, num_tokens=batch.forced, latents=batch.latents)
                 loss, logs = objective(out, batch, step)

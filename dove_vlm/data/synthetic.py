@@ -1,7 +1,8 @@
 """The embedded data: a deterministic generator of synthetic scenes with a known complexity.
 
 Each scene has 0..`max_objects` shapes (kinds, colours, sizes, optional stripe/checker textures) on a plain,
-gradient or textured background, and records what later stages need: object boxes, referring phrases
+gradient or textured background (`variety="classic"`: dark backgrounds; `"wide"`: also light, white and
+low-saturation backgrounds, photo-like multi-scale textures, and gradients at every complexity), and records what later stages need: object boxes, referring phrases
 ("the red circle") and VQA pairs (colour, shape, count, existence, position). Complexity is drawn uniformly
 and sets both the object count and how likely textures are, so a good variable-length tokenizer has
 something to follow. Scene `i` of `(seed, split)` is always the same image: nothing is cached or downloaded.
@@ -25,7 +26,8 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "cyan": (40, 210, 220),
     "white": (245, 245, 245),
 }
-BACKGROUNDS = ("plain", "gradient", "stripes", "noise")
+BACKGROUNDS = ("plain", "gradient", "stripes", "noise", "fractal")
+VARIETIES = ("classic", "wide")
 SPLITS = {"train": 0, "test": 1, "validation": 2}
 _SUPERSAMPLE = 4  # draw at 4x and downsample: anti-aliased edges at any image size
 
@@ -66,7 +68,7 @@ class SyntheticScenes:
     """`len(scenes)` deterministic scenes; `scenes[i]` renders scene `i` of `(seed, split)`."""
 
     def __init__(self, num_scenes: int, image_size: int = 32, seed: int = 0, split: str = "train",
-                 max_objects: int = 6):
+                 max_objects: int = 6, variety: str = "classic"):
         if num_scenes < 0:
             raise ValueError(f"num_scenes must be >= 0, got {num_scenes}.")
         if image_size < 16:
@@ -75,8 +77,10 @@ class SyntheticScenes:
             raise ValueError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}.")
         if max_objects < 0:
             raise ValueError(f"max_objects must be >= 0, got {max_objects}.")
+        if variety not in VARIETIES:
+            raise ValueError(f"unknown variety {variety!r}; choose one of: {', '.join(VARIETIES)}.")
         self.num_scenes, self.image_size, self.seed, self.split = num_scenes, image_size, seed, split
-        self.max_objects = max_objects
+        self.max_objects, self.variety = max_objects, variety
 
     def __len__(self) -> int:
         return self.num_scenes
@@ -89,19 +93,23 @@ class SyntheticScenes:
             raise IndexError(f"scene {index} out of range for {self.num_scenes} scenes.")
         index %= self.num_scenes
         rng = np.random.default_rng([self.seed, SPLITS[self.split], index])
-        return render_scene(rng, self.image_size, self.max_objects)
+        return render_scene(rng, self.image_size, self.max_objects, self.variety)
 
 
-def render_scene(rng: np.random.Generator, image_size: int, max_objects: int = 6) -> Scene:
+def render_scene(rng: np.random.Generator, image_size: int, max_objects: int = 6, variety: str = "classic") -> Scene:
     complexity = int(rng.integers(0, max_objects + 1))
     texture_prob = complexity / max(max_objects, 1)  # busier scenes also carry more texture
     big = image_size * _SUPERSAMPLE
-    background, canvas = _background(rng, big, texture_prob)
+    if variety == "wide":
+        background, canvas = _wide_background(rng, big, texture_prob)
+    else:
+        background, canvas = _background(rng, big, texture_prob)
+    backdrop = np.asarray(canvas, dtype=float).reshape(-1, 3).mean(0) if variety == "wide" else None
     draw = ImageDraw.Draw(canvas)
     objects: list[SceneObject] = []
     placed: list[tuple[int, int, int, int]] = []
     for _ in range(complexity):
-        obj = _place_object(rng, image_size, placed, texture_prob)
+        obj = _place_object(rng, image_size, placed, texture_prob, backdrop)
         placed.append(obj.box)
         objects.append(obj)
         _draw_object(draw, obj, _SUPERSAMPLE)
@@ -137,7 +145,61 @@ def _background(rng: np.random.Generator, size: int, texture_prob: float) -> tup
     return kind, Image.fromarray(np.uint8(np.clip(pixels, 0, 255)))
 
 
-def _place_object(rng: np.random.Generator, image_size: int, placed: list, texture_prob: float) -> SceneObject:
+def _wide_background(rng: np.random.Generator, size: int, texture_prob: float) -> tuple[str, Image.Image]:
+    """The `wide` variety's background: a dark, light, white or low-saturation base; a gradient (at any
+    complexity: a smooth, cheap-to-code backdrop), or with `texture_prob` stripes, noise or a photo-like
+    multi-scale (1/f) texture."""
+    tone = rng.random()
+    if tone < 0.3:
+        base = rng.integers(20, 110, 3)
+    elif tone < 0.6:
+        base = rng.integers(170, 250, 3)
+    elif tone < 0.75:
+        base = np.full(3, int(rng.integers(235, 256)))
+    else:  # low saturation: a grey level with a slight tint
+        base = int(rng.integers(40, 220)) + rng.integers(-12, 13, 3)
+    base = np.clip(base, 0, 255)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    if rng.random() >= texture_prob:
+        if rng.random() < 0.6:
+            return "plain", Image.new("RGB", (size, size), tuple(int(c) for c in base))
+        other = np.clip(base + rng.integers(-70, 71, 3), 0, 255)
+        angle = rng.random() * 2 * np.pi
+        t = np.cos(angle) * xx + np.sin(angle) * yy
+        t = (t - t.min()) / max(np.ptp(t), 1e-6)
+        pixels = base[None, None] * (1 - t[..., None]) + other[None, None] * t[..., None]
+        return "gradient", Image.fromarray(np.uint8(np.clip(pixels, 0, 255)))
+    kind = ("stripes", "noise", "fractal")[int(rng.integers(0, 3))]
+    sign = -1.0 if base.mean() > 128 else 1.0  # texture toward mid-grey so that it never clips away
+    if kind == "stripes":
+        period = rng.uniform(0.05, 0.25)
+        angle = rng.random() * np.pi
+        wave = np.sin(2 * np.pi * (np.cos(angle) * xx + np.sin(angle) * yy) / period)
+        pixels = base[None, None] + sign * rng.uniform(15, 40) * (wave[..., None] + 1)
+    else:
+        octaves = (4, 8) if kind == "noise" else (4, 8, 16, 32)
+        field = np.zeros((size, size))
+        for cells in octaves:  # amplitude ~ 1/frequency: the spectrum of natural images
+            grid = rng.normal(0, 1, (cells, cells)).astype(np.float32)
+            up = np.asarray(Image.fromarray(grid, mode="F").resize((size, size), Image.Resampling.BICUBIC))
+            field += up * (4 / cells)
+        field = (field - field.mean()) / max(field.std(), 1e-6)
+        tint = 1 + rng.uniform(-0.3, 0.3, 3) * (kind == "fractal")
+        pixels = base[None, None] + rng.uniform(12, 35) * field[..., None] * tint[None, None]
+    return kind, Image.fromarray(np.uint8(np.clip(pixels, 0, 255)))
+
+
+def _contrasting_colour(rng: np.random.Generator, backdrop: np.ndarray | None) -> str:
+    """An object colour; against a `backdrop` mean colour, one that stands out from it (> 90 apart in RGB)."""
+    names = list(COLORS)
+    if backdrop is not None:
+        far = [n for n in names if np.linalg.norm(np.asarray(COLORS[n], float) - backdrop) > 90]
+        names = far or names
+    return names[int(rng.integers(0, len(names)))]
+
+
+def _place_object(rng: np.random.Generator, image_size: int, placed: list, texture_prob: float,
+                  backdrop: np.ndarray | None = None) -> SceneObject:
     size_name = "large" if rng.random() < 0.5 else "small"
     frac = rng.uniform(0.28, 0.38) if size_name == "large" else rng.uniform(0.16, 0.24)
     side = max(4, int(round(frac * image_size)))
@@ -156,7 +218,7 @@ def _place_object(rng: np.random.Generator, image_size: int, placed: list, textu
         texture = "stripes" if rng.random() < 0.5 else "checker"
     return SceneObject(
         shape=SHAPES[int(rng.integers(0, len(SHAPES)))],
-        color=list(COLORS)[int(rng.integers(0, len(COLORS)))],
+        color=_contrasting_colour(rng, backdrop),
         size=size_name,
         box=best,
         texture=texture,

@@ -56,3 +56,28 @@ def test_the_generator_gan_term_leaves_the_discriminator_gradients_alone():
     assert all(p.grad is None for p in loss.discriminator.parameters())  # its own step, its own gradients
     loss.discriminator_loss(recon.detach(), torch.rand(2, 3, 32, 32)).backward()
     assert all(p.grad is not None for p in loss.discriminator.parameters())
+
+
+def test_the_source_objective_holds_each_source_to_its_own_running_threshold(micro_model, images, tmp_path):
+    rec_loss = ReconstructionLoss(lpips_weight=0.0, gan_weight=0.0)
+    sources = torch.tensor([0, 0, 1, 1])
+    batch = StepBatch(images, forced=torch.zeros(4, dtype=torch.long), sources=sources)
+    out = micro_model(images, num_tokens=batch.forced)
+    per_sample = DoveObjective(micro_args(tmp_path), rec_loss, micro_model, None, one_process()).reconstruction(
+        out.reconstruction.float(), batch)[0].detach()
+    by_source = DoveObjective(micro_args(tmp_path, length_objective="source"), rec_loss, micro_model, None,
+                              one_process())
+    thresholds = by_source.plain_thresholds(per_sample, batch, threshold=123.0)
+    expected = torch.stack([per_sample[:2].mean(), per_sample[:2].mean(), per_sample[2:].mean(), per_sample[2:].mean()])
+    assert torch.allclose(thresholds, expected)  # no history yet: each source's own batch mean
+    by_source(out, batch, step=0)
+    by_source.update()
+    state = by_source.state_dict()
+    assert [len(s["values"]) for s in state["source_thresholds"]] == [1, 1]
+    only_photos = StepBatch(images[2:], forced=torch.zeros(2, dtype=torch.long), sources=sources[2:])
+    again = DoveObjective(micro_args(tmp_path, length_objective="source"), rec_loss, micro_model, None, one_process())
+    again.load_state_dict(state)
+    held = again.plain_thresholds(per_sample[2:] * 0, only_photos, threshold=0.0)
+    assert torch.allclose(held, per_sample[2:].mean().expand(2))  # the running photo threshold, not this batch
+    paper = DoveObjective(micro_args(tmp_path, length_objective="paper"), rec_loss, micro_model, None, one_process())
+    assert paper.plain_thresholds(per_sample, batch, threshold=0.5) == 0.5  # the paper's one threshold, unchanged

@@ -172,3 +172,25 @@ def test_report_json_is_strict():
 def test_unknown_section():
     with pytest.raises(ValueError, match="unknown report section"):
         ReportConfig(model="x", sections=("quality", "nope"))
+
+
+def test_generalization_section_on_a_tokenizer_trained_here(tmp_path):
+    from tests.train_tokenizer.test_train import micro_args
+    from train_tokenizer.report.generalization import TARGETS
+    from train_tokenizer.train import train
+
+    train(micro_args(tmp_path / "model", max_steps=3, checkpoint_every=3, num_train_scenes=24,
+                     data_mix="wide", length_objective="source"))
+    config = ReportConfig(model=str(tmp_path / "model"), output_dir=str(tmp_path / "report"),
+                          sections=("generalization",), heldout_images=10, batch_size=10)
+    report = run_report(config)
+    section = report["generalization"]
+    assert {"renderer", "photos"} <= set(section["sources"]) and section["targets"] == TARGETS
+    for name, source in section["sources"].items():
+        assert len(source["lengths"]) == len(source["laplacian"]) == source["num_images"]
+        assert 1 <= source["distinct_lengths"] <= section["max_tokens"] and 0 <= source["share_at_max"] <= 1
+        assert (tmp_path / "report" / f"generalization_{name}.png").stat().st_size > 1000
+    renderer = section["sources"]["renderer"]
+    assert len(renderer["objects"]) == 10 and "spearman_tokens_vs_objects" in renderer["targets_hit"]
+    assert "generalization_lengths.png" in report["figures"]
+    assert "held-out renderer" in format_report_summary(report, config.output_dir)

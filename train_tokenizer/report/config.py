@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from dove_vlm.checks import check_int, check_seed, synthetic_count
 
-SECTIONS = ("quality", "lengths", "probe", "pca", "photos", "queries")
+SECTIONS = ("quality", "lengths", "probe", "pca", "photos", "generalization", "queries")
 
 
 @dataclass
@@ -38,6 +38,8 @@ class ReportConfig:
                                     metadata={"help": "a Q-DOVE checkpoint for the per-query section"})
     query_scenes: int = 200
     pca_images: int = 6
+    heldout_images: int = field(default=96, metadata={
+        "help": "generalization section: renderer scenes and held-out photo crops (foolbox: all its samples)"})
     sections: tuple[str, ...] = SECTIONS
     seed: int = 0
 
@@ -47,7 +49,8 @@ class ReportConfig:
             raise ValueError(f"unknown report section(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)}.")
         if not self.sections:
             raise ValueError(f"--sections is empty; choose from {', '.join(SECTIONS)}.")
-        for name in ("num_images", "batch_size", "fid_images", "probe_images", "query_scenes", "pca_images"):
+        for name in ("num_images", "batch_size", "fid_images", "probe_images", "query_scenes", "pca_images",
+                     "heldout_images"):
             check_int(name, getattr(self, name), 1)
         check_seed(self.seed)
         if self.token_counts is not None:

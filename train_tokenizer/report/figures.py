@@ -80,6 +80,36 @@ def plot_photos(photos: dict, pixels, path: Path) -> None:
     _save(fig, path)
 
 
+def plot_generalization_source(name: str, source: dict, path: Path) -> None:
+    """One held-out source: tokens against Laplacian variance (and against object count where known)."""
+    panels = [("laplacian", "Laplacian variance of the model input", "spearman_tokens_vs_laplacian")]
+    if source.get("objects") is not None:
+        panels.append(("objects", "objects", "spearman_tokens_vs_objects"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.4))
+    for ax, (key, label, rho) in zip(np.atleast_1d(axes), panels):
+        ax.scatter(source[key], source["lengths"], s=12, alpha=0.6)
+        if key == "laplacian":
+            ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("tokens")
+        ax.set_title(f"{name}: Spearman ρ = {source[rho]:.2f}", fontsize=9)
+    _save(fig, path)
+
+
+def plot_generalization_lengths(section: dict, path: Path) -> None:
+    """The distribution of lengths on each held-out source."""
+    names = list(section["sources"])
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.0), squeeze=False)
+    bins = np.arange(0.5, section["max_tokens"] + 1.5)
+    for ax, name in zip(axes[0], names):
+        source = section["sources"][name]
+        ax.hist(source["lengths"], bins=bins)
+        ax.set_xlabel("tokens")
+        ax.set_title(f"{name}: mean {source['mean_length']:.1f}, {source['distinct_lengths']} lengths", fontsize=9)
+    axes[0][0].set_ylabel("images")
+    _save(fig, path)
+
+
 def plot_pca(pictures: dict, path: Path, count: int = 6) -> None:
     count = min(count, len(pictures["images"]))
     columns = [("input", None), ("VQGAN latents", "latents_rgb"), ("decoded from tokens", "decoded_rgb")]

@@ -16,6 +16,7 @@ from train_tokenizer.plots import plot_length_histogram, plot_length_vs_complexi
 
 from . import figures
 from .config import ReportConfig
+from .generalization import generalization
 from .images import load_report_images
 from .pca import pca_pictures
 from .photos import photo_lengths
@@ -114,6 +115,15 @@ def run_report(config: ReportConfig) -> dict:
         report["photos"] = photos
         figure("photos_length_vs_complexity.png", figures.plot_photos, photos, pixels)
         report["seconds"]["photos"] = timer() - t
+    if "generalization" in config.sections:
+        t = timer()
+        section = generalization(model, processor, config.heldout_images, config.seed, config.batch_size)
+        report["notes"] += section.pop("notes")
+        report["generalization"] = section
+        for name, source in section["sources"].items():
+            figure(f"generalization_{name}.png", figures.plot_generalization_source, name, source)
+        figure("generalization_lengths.png", figures.plot_generalization_lengths, section)
+        report["seconds"]["generalization"] = timer() - t
     if "queries" in config.sections:
         if query_model is None:
             report["notes"].append("Q-DOVE section skipped: no --query-model given.")
@@ -159,6 +169,12 @@ def format_report_summary(report: dict, output_dir: str) -> str:
         order = ", ".join(f"{r['photo']} {r['tokens']}" for r in ph["photos"])
         lines.append(f"scikit-image photos, flat to busy (tokens): {order}; Spearman(tokens, Laplacian variance) = "
                      f"{ph['spearman_tokens_vs_laplacian_model_input']:.3f}")
+    for name, g in report.get("generalization", {}).get("sources", {}).items():
+        objects = g["spearman_tokens_vs_objects"]
+        lines.append(f"held-out {name} ({g['num_images']} images): Spearman(tokens, Laplacian variance) = "
+                     f"{g['spearman_tokens_vs_laplacian']:.3f}" + ("" if objects is None else f", vs objects = {objects:.3f}")
+                     + f"; {g['distinct_lengths']} distinct lengths, mean {g['mean_fraction_of_max']:.0%} of max, "
+                     f"{g['share_at_max']:.0%} at max")
     if "queries" in report:
         q = report["queries"]
         lines.append(f"Q-DOVE on {q['num_images']} scenes: {q['mean_tokens_query']:.2f} tokens with the query vs "
