@@ -12,11 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dove_vlm.presets import COMPARE_MODEL_ARGS
+from dove_vlm.presets import COMPARE_FASTV_LAYER, COMPARE_MODEL_ARGS
 
 AUTO = "auto"
-BUDGET_KINDS = ("pool", "random", "fastv")
-DEFAULT_FASTV_LAYER = 2  # FastV's K: prune after the second decoder layer (fewer on a shallower LM)
 
 
 @dataclass
@@ -109,7 +107,7 @@ class BudgetRows:
                                  f"model has {layers} decoder layers).")
 
     def layer(self, layers: int) -> int:
-        return self.fastv_layer if self.fastv_layer is not None else min(DEFAULT_FASTV_LAYER, layers - 1)
+        return self.fastv_layer if self.fastv_layer is not None else min(COMPARE_FASTV_LAYER, layers - 1)
 
     def specs(self, measured: list[dict]) -> list[RunSpec]:
         """The rows, with `auto` resolved from the `measured` rows (adaptive's and query's mean tokens per image,
