@@ -24,7 +24,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from .checkpoints import model_type as checkpoint_model_type
 from .image_processing_dove import DoveImageProcessor
 from .tower_settings import TowerMode, TowerSettings
-from .vision_tower import DoveVisionTower, DoveVisionTowerOutput
+from .vision_tower import DoveVisionTower, DoveVisionTowerOutput, TowerProperties
 
 ENCODER_NAME = "efficientnet-lite0"
 ENCODERS = (ENCODER_NAME,)
@@ -110,7 +110,7 @@ def load_encoder_weights(encoder: torch.nn.Module, path: str | Path) -> None:
     encoder.load_state_dict(state, strict=True)
 
 
-class EncoderTower(PreTrainedModel):
+class EncoderTower(TowerProperties, PreTrainedModel):
     """A frozen pretrained encoder as a vision tower: `forward(pixel_values)` → one `(L, 1280)` feature tensor per
     image, L fixed. The same interface as [`DoveVisionTower`] (features, lengths, processor, token counts)."""
 
@@ -147,18 +147,6 @@ class EncoderTower(PreTrainedModel):
         super().train(mode)
         self.encoder.eval()  # frozen: fixed batch-norm statistics, no dropout
         return self
-
-    @property
-    def image_processor(self) -> DoveImageProcessor:
-        return DoveImageProcessor(size=self.config.image_size)
-
-    @property
-    def hidden_size(self) -> int:
-        return self.config.hidden_size
-
-    @property
-    def max_tokens(self) -> int:
-        return self.config.max_image_tokens
 
     supports_queries = False
     counts_need_a_pass = False

@@ -175,7 +175,25 @@ class DoveVisionTowerOutput(ModelOutput):
     features: tuple[torch.FloatTensor, ...] | None = None
 
 
-class DoveVisionTower(PreTrainedModel):
+class TowerProperties:
+    """What LLaVA reads off a vision tower, from its config (shared by the DOVE tower and the encoder tower)."""
+
+    @property
+    def image_processor(self) -> DoveImageProcessor:
+        """A [`DoveImageProcessor`] at the tower's image size."""
+        return DoveImageProcessor(size=self.config.image_size)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def max_tokens(self) -> int:
+        """Upper bound on L_i (grid: the number of latent positions; fixed, pool, random: k)."""
+        return self.config.max_image_tokens
+
+
+class DoveVisionTower(TowerProperties, PreTrainedModel):
     """A frozen DOVE / Q-DOVE model as a vision tower: `forward(pixel_values, queries)` → one `(L_i, D)` feature
     tensor per image. The DOVE weights have `requires_grad=False` and stay in eval mode under `.train()`.
 
@@ -215,20 +233,6 @@ class DoveVisionTower(PreTrainedModel):
         return self
 
     # Properties -------------------------------------------------------------------------------------------
-    @property
-    def image_processor(self) -> DoveImageProcessor:
-        """A [`DoveImageProcessor`] at the DOVE image size."""
-        return DoveImageProcessor(size=self.config.dove_config.image_size)
-
-    @property
-    def hidden_size(self) -> int:
-        return self.config.hidden_size
-
-    @property
-    def max_tokens(self) -> int:
-        """Upper bound on L_i (grid: the number of latent positions; fixed: k)."""
-        return self.config.max_image_tokens
-
     @property
     def supports_queries(self) -> bool:
         """True when the tower uses text queries (mode "query", on a Q-DOVE model)."""

@@ -2,27 +2,13 @@
 paired bootstrap, the Pareto front, the adapter's FastV options, and bad k / layers / folders named."""
 
 import json
-from pathlib import Path
 
 import pytest
-import torch
 
 from eval.bootstrap import matched_pairs, paired_bootstrap
 from eval.compare import METRIC, pareto_front
 from eval.rows import BudgetRows, matched_k, parse_k_list
-from tests.llava.tiny_models import make_llava, make_tower, pil_images
-
-
-@pytest.fixture(scope="module")
-def grid_dir(tmp_path_factory):
-    """A tiny DOVE-LLaVA on the grid tower (random weights, 2 decoder layers), saved with its tokenizer."""
-    tower = make_tower(mode="grid", query=False)
-    tower.dove.set_latent_statistics(torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1)
-    model, processor = make_llava(tower)
-    path = tmp_path_factory.mktemp("grid_llava")
-    model.save_pretrained(path)
-    processor.tokenizer.save_pretrained(path)
-    return str(path)
+from tests.llava.tiny_models import pil_images
 
 
 def test_parse_k_list():
