@@ -362,8 +362,8 @@ def reference_evaluation(spec: RunSpec, task_yaml: str | os.PathLike, batch_size
         records = [dict(r, image=Image.open(r["image"]).convert("RGB"))
                    for r in read_records(include.parent / f"{task}.json")]
     records = records[:limit] if limit else records
-    args = {key: spec.model_args[key] for key in ("batch_invariant", "merge_lora", "base_model", "merged")
-            if key in spec.model_args}
+    args = {key: spec.model_args[key] for key in ("batch_invariant", "merge_lora", "base_model", "merged",
+                                                  "fastv_layer", "fastv_tokens") if key in spec.model_args}
     model, processor, tower = load_for_inference(spec.pretrained, settings, **args)
     return evaluate_vqa(model, processor, records, batch_size=batch_size,
                         use_queries=tower.supports_queries)["accuracy"]

