@@ -8,6 +8,7 @@ from .modeling_dove import DoveDecoderOutput, DoveEncoderOutput, DoveModel, Dove
 from .presets import PRESETS, preset_config, preset_training
 from .tower_settings import TowerMode, TowerSettings, TowerSettingsError
 from .vision_tower import DoveVisionTower, DoveVisionTowerConfig, DoveVisionTowerOutput
+from .encoder_tower import EncoderTower, EncoderTowerConfig  # noqa: E402  (after the DOVE tower it wraps around)
 
 __version__ = "0.1.0"
 
@@ -18,6 +19,8 @@ AutoImageProcessor.register(DoveConfig, slow_image_processor_class=DoveImageProc
 AutoConfig.register(DoveVisionTowerConfig.model_type, DoveVisionTowerConfig, exist_ok=True)
 AutoModel.register(DoveVisionTowerConfig, DoveVisionTower, exist_ok=True)
 AutoImageProcessor.register(DoveVisionTowerConfig, slow_image_processor_class=DoveImageProcessor, exist_ok=True)
+AutoConfig.register(EncoderTowerConfig.model_type, EncoderTowerConfig, exist_ok=True)
+AutoModel.register(EncoderTowerConfig, EncoderTower, exist_ok=True)
 
 from . import llava  # noqa: E402  (registers the LLaVA classes with the Auto classes)
 

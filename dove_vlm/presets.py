@@ -283,3 +283,5 @@ LLAVA_LM_DEMO_QDOVE: dict[str, Any] = dict(turns_per_image=1, captions=False, nu
 COMPARE_MODEL_ARGS: dict[str, str] = {"batch_invariant": "false"}
 # The demo's comparison: DOVE truncated to 16 tokens and to 28 (adaptive DOVE's mean count).
 DEMO_COMPARE_FIXED_K: tuple[int, ...] = (16, 28)
+# FastV's K in the token-budget rows: prune after the second decoder layer (the last-but-one on a shallower LM).
+COMPARE_FASTV_LAYER = 2

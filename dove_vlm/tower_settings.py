@@ -25,13 +25,19 @@ class TowerMode(str, Enum):
     QUERY_NULL = "query-null"  # Q-DOVE given the null query (the whole image) whatever is asked
     FIXED = "fixed"  # DOVE truncated to `num_tokens`
     GRID = "grid"  # all VQGAN latents: the fixed-length baseline
+    POOL = "pool"  # the VQGAN grid average-pooled to `num_tokens` cells (training-free on a grid LLaVA)
+    RANDOM = "random"  # `num_tokens` grid cells drawn at random per image, in raster order (the selection floor)
+    ENCODER = "encoder"  # a pretrained fixed-length encoder's last feature map (`dove_vlm.encoder_tower`)
 
     def __str__(self) -> str:
         return self.value
 
 
 TOWER_FEATURES = ("tokens", "hidden")
-MODE_SPELLINGS = "grid, fixed-K (or mode=fixed with num_tokens=K), adaptive, query, query-null"
+# Modes that take k (`num_tokens`), spelled `NAME-K` (e.g. `pool-16`) or `mode=NAME,num_tokens=K`.
+K_MODES = (TowerMode.FIXED, TowerMode.POOL, TowerMode.RANDOM)
+MODE_SPELLINGS = ("grid, fixed-K, pool-K, random-K (or mode=fixed|pool|random with num_tokens=K), adaptive, query, "
+                  "query-null, encoder")
 
 
 class TowerSettingsError(ValueError):
@@ -66,10 +72,11 @@ class TowerSettings:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             setattr(self, f.name, _convert(f.name, getattr(self, f.name)))
-        if self.mode is TowerMode.FIXED and self.num_tokens is None:
-            raise TowerSettingsError("mode=fixed needs num_tokens=K >= 1 (or write the mode as fixed-K, e.g. fixed-16).")
-        if self.num_tokens is not None and self.mode not in (None, TowerMode.FIXED):
-            raise TowerSettingsError(f"num_tokens only applies to mode=fixed, not mode={self.mode}.")
+        if self.mode in K_MODES and self.num_tokens is None:
+            raise TowerSettingsError(f"mode={self.mode} needs num_tokens=K >= 1 (or write the mode as {self.mode}-K, "
+                                     f"e.g. {self.mode}-16).")
+        if self.num_tokens is not None and self.mode not in (None, *K_MODES):
+            raise TowerSettingsError(f"num_tokens only applies to mode=fixed, pool or random, not mode={self.mode}.")
         for low, high in (("min_tokens", "max_tokens"), ("query_min_tokens", "query_max_tokens")):
             a, b = getattr(self, low), getattr(self, high)
             if a is not None and b is not None and a > b:
@@ -114,11 +121,12 @@ class TowerSettings:
         values = {k: v for k, v in values.items() if not _is_unset(v)}
         mode = values.get("mode")
         if isinstance(mode, str):
-            k = _fixed_k(mode)
-            if k is not None:
-                if values.get("num_tokens") not in (None, k):
+            named = _mode_with_k(mode)
+            if named is not None:
+                k_mode, k = named
+                if values.get("num_tokens") not in (None, k, str(k)):
                     raise TowerSettingsError(f"mode {mode!r} says k={k} but num_tokens={values['num_tokens']}.")
-                values["mode"], values["num_tokens"] = TowerMode.FIXED, k
+                values["mode"], values["num_tokens"] = k_mode, k
         return cls(**values)
 
     def to_dict(self, drop_unset: bool = True) -> dict[str, Any]:
@@ -129,18 +137,18 @@ class TowerSettings:
         return {k: v for k, v in out.items() if v is not None} if drop_unset else out
 
     def to_string(self) -> str:
-        """The compact spelling that `parse` reads back: `"fixed-16"`, or `"adaptive,min_tokens=24"`."""
+        """The compact spelling that `parse` reads back: `"fixed-16"`, `"pool-16"`, or `"adaptive,min_tokens=24"`."""
         values = self.to_dict()
         mode = values.pop("mode", None)
-        if mode == TowerMode.FIXED.value:
-            mode = f"fixed-{values.pop('num_tokens')}"
+        if mode in {m.value for m in K_MODES}:
+            mode = f"{mode}-{values.pop('num_tokens')}"
         pairs = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in values.items()]
         return ",".join(([f"mode={mode}"] if mode and pairs else [mode] if mode else []) + pairs)
 
     def merged(self, other: TowerSettings) -> TowerSettings:
         """These settings with `other`'s set fields over them (a new mode drops a stale `num_tokens`)."""
         values = self.to_dict()
-        if other.mode is not None and other.mode is not TowerMode.FIXED:
+        if other.mode is not None and other.mode not in K_MODES:
             values.pop("num_tokens", None)
         values.update(other.to_dict())
         return TowerSettings.parse(values)
@@ -155,13 +163,20 @@ def _is_unset(value: Any) -> bool:
     return value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null"))
 
 
-def _fixed_k(mode: str) -> int | None:
+def _mode_with_k(mode: str) -> tuple[TowerMode, int] | None:
+    """`"pool-16"` → `(TowerMode.POOL, 16)` for the modes that take k; `None` for a plain mode name. A k that is
+    not a whole number >= 1 (`fixed-0`, `pool--3`, `random-x`) is refused, naming the spelling."""
     text = mode.strip().lower().replace("_", "-")
-    if text.startswith("fixed") and text != "fixed":
-        suffix = text.removeprefix("fixed").lstrip("-")
-        if not suffix.isdigit():
-            raise TowerSettingsError(f"unknown tower mode {mode!r}; choose one of: {MODE_SPELLINGS}.")
-        return int(suffix)
+    for k_mode in K_MODES:
+        if text.startswith(k_mode.value) and text != k_mode.value:
+            suffix = text.removeprefix(k_mode.value)
+            digits = suffix.removeprefix("-")
+            if not digits.isdigit() or not suffix.startswith("-") and k_mode is not TowerMode.FIXED:
+                raise TowerSettingsError(f"unknown tower mode {mode!r}; choose one of: {MODE_SPELLINGS}.")
+            if int(digits) < 1:
+                raise TowerSettingsError(f"tower mode {mode!r}: k must be a whole number >= 1, got {digits}; "
+                                         f"e.g. {k_mode.value}-16.")
+            return k_mode, int(digits)
     return None
 
 
@@ -214,4 +229,4 @@ def _convert(name: str, value: Any) -> Any:
     return value
 
 
-__all__ = ["TOWER_FEATURES", "TowerMode", "TowerSettings", "TowerSettingsError"]
+__all__ = ["K_MODES", "TOWER_FEATURES", "TowerMode", "TowerSettings", "TowerSettingsError"]

@@ -2,8 +2,9 @@
 
 Each image gives its own number of feature vectors L_i (packed by the LLaVA side, so no padding reaches the LM).
 Modes ([`TowerMode`]): "adaptive" (DOVE's own length), "query" (Q-DOVE: the length also depends on a text query),
-"query-null" (Q-DOVE given the null query), "fixed" (DOVE truncated to `num_tokens`) and "grid" (all VQGAN
-latents: the fixed-length baseline). The settings are one [`TowerSettings`] object.
+"query-null" (Q-DOVE given the null query), "fixed" (DOVE truncated to `num_tokens`), "grid" (all VQGAN
+latents: the fixed-length baseline), and the grid reduced to `num_tokens` cells: "pool" (average-pooled) and
+"random" (drawn per image; see `dove_vlm.grid_reduction`). The settings are one [`TowerSettings`] object.
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ from transformers.utils import ModelOutput
 from .checkpoints import model_type as checkpoint_model_type
 from .checkpoints import quiet_loading, weights_problem
 from .configuration_dove import DoveConfig
+from .grid_reduction import check_k, pool_grid, random_grid
 from .image_processing_dove import DoveImageProcessor
 from .modeling_dove import QUERY_TOKENIZER_DIR, DoveModel
 from .query_tokenizer import load_saved_query_tokenizer
-from .tower_settings import TowerMode, TowerSettings
+from .tower_settings import K_MODES, TowerMode, TowerSettings
 
 # The config fields a `from_pretrained(path, **overrides)` call may change: every tower setting.
 TOWER_OVERRIDES = TowerSettings.names()
+# Modes whose features are VQGAN latents (the grid LLaVA's projector reads them all).
+GRID_MODES = (TowerMode.GRID, TowerMode.POOL, TowerMode.RANDOM)
 
 
 class DoveVisionTowerConfig(PretrainedConfig):
@@ -101,8 +105,16 @@ class DoveVisionTowerConfig(PretrainedConfig):
                 raise ValueError("mode='fixed' needs num_tokens (the number of tokens per image), e.g. num_tokens=16.")
             if not 1 <= int(self.num_tokens) <= n:
                 raise ValueError(f"num_tokens must be in [1, {n}] (the DOVE model's max_tokens), got {self.num_tokens}.")
+        elif self.mode in (TowerMode.POOL, TowerMode.RANDOM):
+            side = self.dove_config.latent_size
+            check_k(int(self.num_tokens) if self.num_tokens is not None else None, side, side, self.mode)
+        elif self.mode == TowerMode.ENCODER:
+            raise ValueError("mode='encoder' is the pretrained encoder tower's (dove_vlm.encoder_tower.EncoderTower, "
+                             "`--tower efficientnet-lite0`), not a mode of a DOVE tower; choose one of: "
+                             + ", ".join(m.value for m in TowerMode if m is not TowerMode.ENCODER) + ".")
         elif self.num_tokens is not None:
-            raise ValueError(f"num_tokens={self.num_tokens} only applies to mode='fixed' (this tower is {self.mode!r}).")
+            raise ValueError(f"num_tokens={self.num_tokens} only applies to mode='fixed', 'pool' or 'random' (this "
+                             f"tower is {self.mode!r}).")
         if self.mode in (TowerMode.QUERY, TowerMode.QUERY_NULL) and not self.dove_config.query_vocab_size:
             raise ValueError(f"mode={self.mode!r} needs a Q-DOVE model (trained with `dove train --query`); this DOVE model "
                              "has no query embedding (query_vocab_size=0). Use mode='adaptive'.")
@@ -128,7 +140,7 @@ class DoveVisionTowerConfig(PretrainedConfig):
     @property
     def hidden_size(self) -> int:
         """D, the width of each feature vector (read by LLaVA's projector)."""
-        if self.mode == TowerMode.GRID:
+        if self.mode in GRID_MODES:
             return self.dove_config.latent_channels
         return self.dove_config.hidden_size if self.feature == "hidden" else self.dove_config.token_dim
 
@@ -141,7 +153,7 @@ class DoveVisionTowerConfig(PretrainedConfig):
         """Upper bound on the number of features per image."""
         if self.mode == TowerMode.GRID:
             return self.dove_config.num_latent_positions
-        if self.mode == TowerMode.FIXED:
+        if self.mode in K_MODES:
             return int(self.num_tokens)
         return self.dove_config.max_tokens if self.max_tokens is None else int(self.max_tokens)
 
@@ -163,7 +175,25 @@ class DoveVisionTowerOutput(ModelOutput):
     features: tuple[torch.FloatTensor, ...] | None = None
 
 
-class DoveVisionTower(PreTrainedModel):
+class TowerProperties:
+    """What LLaVA reads off a vision tower, from its config (shared by the DOVE tower and the encoder tower)."""
+
+    @property
+    def image_processor(self) -> DoveImageProcessor:
+        """A [`DoveImageProcessor`] at the tower's image size."""
+        return DoveImageProcessor(size=self.config.image_size)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def max_tokens(self) -> int:
+        """Upper bound on L_i (grid: the number of latent positions; fixed, pool, random: k)."""
+        return self.config.max_image_tokens
+
+
+class DoveVisionTower(TowerProperties, PreTrainedModel):
     """A frozen DOVE / Q-DOVE model as a vision tower: `forward(pixel_values, queries)` → one `(L_i, D)` feature
     tensor per image. The DOVE weights have `requires_grad=False` and stay in eval mode under `.train()`.
 
@@ -203,20 +233,6 @@ class DoveVisionTower(PreTrainedModel):
         return self
 
     # Properties -------------------------------------------------------------------------------------------
-    @property
-    def image_processor(self) -> DoveImageProcessor:
-        """A [`DoveImageProcessor`] at the DOVE image size."""
-        return DoveImageProcessor(size=self.config.dove_config.image_size)
-
-    @property
-    def hidden_size(self) -> int:
-        return self.config.hidden_size
-
-    @property
-    def max_tokens(self) -> int:
-        """Upper bound on L_i (grid: the number of latent positions; fixed: k)."""
-        return self.config.max_image_tokens
-
     @property
     def supports_queries(self) -> bool:
         """True when the tower uses text queries (mode "query", on a Q-DOVE model)."""
@@ -259,10 +275,16 @@ class DoveVisionTower(PreTrainedModel):
         """
         pixel_values, queries = self._check_inputs(pixel_values, queries)
         config, dove = self.config, self.dove
-        if config.mode == TowerMode.GRID:
+        if config.mode in GRID_MODES:
             latents = dove.encode_latents(pixel_values)
             mean, std = dove._latent_statistics(latents)
-            hidden = ((latents - mean) / std).flatten(2).transpose(1, 2)
+            grid = (latents - mean) / std
+            if config.mode == TowerMode.POOL:
+                hidden = pool_grid(grid, int(config.num_tokens))
+            elif config.mode == TowerMode.RANDOM:
+                hidden = random_grid(grid, int(config.num_tokens), pixel_values)
+            else:
+                hidden = grid.flatten(2).transpose(1, 2)
             lengths = torch.full((hidden.shape[0],), hidden.shape[1], dtype=torch.long, device=hidden.device)
             mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
         else:
@@ -288,7 +310,7 @@ class DoveVisionTower(PreTrainedModel):
     @property
     def counts_need_a_pass(self) -> bool:
         """False when every image has the same, known number of features (grid and fixed modes)."""
-        return self.config.mode not in (TowerMode.GRID, TowerMode.FIXED)
+        return self.config.mode not in (*GRID_MODES, TowerMode.FIXED)
 
     @torch.no_grad()
     def num_image_tokens(self, pixel_values: torch.Tensor, queries=None) -> torch.LongTensor:

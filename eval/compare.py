@@ -17,10 +17,13 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-from dove_vlm.presets import COMPARE_MODEL_ARGS, DEMO_COMPARE_FIXED_K
+from dove_vlm.presets import DEMO_COMPARE_FIXED_K
+
+from .bootstrap import paired_differences, paired_table
+from .rows import BudgetRows, RunSpec, mode_matrix  # noqa: F401  (RunSpec, mode_matrix re-exported)
 
 from .export import (  # noqa: F401  (re-exported: `eval.compare` is where callers found them)
     REQUIRED_FIELDS,
@@ -50,16 +53,6 @@ class LmmsEvalError(RuntimeError):
 
 
 # --- running lmms-eval ------------------------------------------------------------------------------------
-
-
-@dataclass
-class RunSpec:
-    """One row of the comparison: a tower mode on a model folder."""
-
-    name: str
-    mode: str
-    pretrained: str
-    model_args: dict = field(default_factory=dict)
 
 
 def lmms_eval_command() -> list[str]:
@@ -132,35 +125,13 @@ def read_results(results_file: str | os.PathLike, task: str) -> dict:
 # --- the comparison ---------------------------------------------------------------------------------------
 
 
-def mode_matrix(grid_model: str | None = None, dove_model: str | None = None, qdove_model: str | None = None,
-                fixed_k: tuple[int, ...] = (), model_args: dict | None = None,
-                query_null: bool = True) -> list[RunSpec]:
-    """The comparison rows: grid (base model), fixed-K and adaptive (DOVE model), query and (with `query_null`)
-    query-null (Q-DOVE); every row gets the same adapter options `model_args` (default `COMPARE_MODEL_ARGS`)."""
-    args = COMPARE_MODEL_ARGS if model_args is None else model_args
-    specs = []
-    if grid_model:
-        specs.append(RunSpec("grid", "grid", grid_model))
-    if dove_model:
-        specs += [RunSpec(f"fixed-{k}", f"fixed-{k}", dove_model) for k in fixed_k]
-        specs.append(RunSpec("adaptive", "adaptive", dove_model))
-    if qdove_model:
-        specs.append(RunSpec("query", "query", qdove_model))
-        if query_null:
-            specs.append(RunSpec("query-null", "query-null", qdove_model))
-    if not specs:
-        raise ValueError("nothing to compare: give at least one of --grid-model, --dove-model, --qdove-model.")
-    for spec in specs:
-        spec.model_args = dict(args)
-    return specs
-
-
 def run_fingerprint(spec: RunSpec, task_yaml: str | os.PathLike, batch_size: int, limit: int | None) -> str:
     """A digest of everything an lmms-eval run's results depend on: the row (model folder, mode, adapter options),
     the task file and its data, batch size and limit, and the model folder's files (names, sizes, modification
     times; checkpoints left out). Equal digests mean a finished run can be reused."""
     task, include = task_of(task_yaml)
-    digest = hashlib.sha256(json.dumps([asdict(spec), batch_size, limit], sort_keys=True).encode())
+    row = {k: v for k, v in asdict(spec).items() if k != "trained"}  # a label, not an input of the run
+    digest = hashlib.sha256(json.dumps([row, batch_size, limit], sort_keys=True).encode())
     digest.update(Path(task_yaml).read_bytes())
     data = include.parent / f"{task}.json"
     if data.is_file():
@@ -214,10 +185,13 @@ def run_rows(task_yaml: str | os.PathLike, specs: list[RunSpec], output_dir: str
 
 def compare(task_yaml: str | os.PathLike, specs: list[RunSpec], output_dir: str | os.PathLike, batch_size: int = 16,
             limit: int | None = None, reference: dict | None = None, side_by_side: bool = True, reuse: bool = True,
-            log=print) -> dict:
+            log=print, budget: BudgetRows | None = None) -> dict:
     """Run every spec through lmms-eval on one task and write the comparison files into `output_dir`.
 
     Args:
+        budget: the training-free token-budget rows on the grid LLaVA (pool-K, random-K, fastv-K), run after
+            `specs` so that `auto` budgets are the measured adaptive and query means; then DOVE adaptive and Q-DOVE
+            are each compared with the budget rows at their own k (paired bootstrap over questions, `paired`).
         reference: optional `{row name: accuracy in [0, 1]}` from another evaluation (e.g. `dove llava-train`'s
             metrics.json), reported next to the lmms-eval accuracy as a difference in points.
         side_by_side: also time all rows in one process, interleaved (`side_by_side_latency`); the speed-ups
@@ -232,6 +206,11 @@ def compare(task_yaml: str | os.PathLike, specs: list[RunSpec], output_dir: str 
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     rows = run_rows(task_yaml, specs, out, batch_size, limit, reuse=reuse, log=log)
+    if budget is not None:
+        extra = budget.specs(rows)
+        log(f"[dove eval] token-budget rows on the grid model: {', '.join(s.name for s in extra)}")
+        rows += run_rows(task_yaml, extra, out, batch_size, limit, reuse=reuse, log=log)
+        specs = list(specs) + extra
     for row in rows:
         if reference and row["name"] in reference:
             row["reference_accuracy"] = 100.0 * reference[row["name"]]
@@ -253,8 +232,13 @@ def compare(task_yaml: str | os.PathLike, specs: list[RunSpec], output_dir: str 
             if side_by_side:  # the language model's share alone: does it fall with the tokens saved?
                 lm = "side_by_side_language_model_seconds_per_sample"
                 row["language_model_speedup_vs_grid"] = grid[lm] / row[lm]
+    try:
+        paired = paired_differences(rows, task)
+    except FileNotFoundError as err:  # a reused run from before --log_samples
+        log(f"[dove eval] no paired bootstrap: {err}")
+        paired = []
     comparison = {"task": task, "task_file": str(Path(task_yaml).resolve()), "batch_size": batch_size, "limit": limit,
-                  "rows": rows, "seconds": time.time() - started}
+                  "rows": rows, "paired": paired, "seconds": time.time() - started}
     (out / "comparison.json").write_text(json.dumps(comparison, indent=2))
     (out / "comparison.md").write_text(f"# Accuracy vs tokens per image on `{task}` (lmms-eval)\n\n"
                                        + comparison_table(comparison) + "\n")
@@ -267,7 +251,7 @@ def comparison_table(comparison: dict) -> str:
     has_ref = any("reference_accuracy" in r for r in comparison["rows"])
     side = any("side_by_side_seconds_per_sample" in r for r in comparison["rows"])
     split = any("side_by_side_tower_seconds_per_sample" in r for r in comparison["rows"])
-    head = ("| mode | accuracy | tokens / image | latency / sample (lmms-eval run) |"
+    head = ("| mode | training | accuracy | tokens / image | latency / sample (lmms-eval run) |"
             + (" latency / sample (side by side) |" if side else "") + " speed-up vs grid |"
             + (" tower + LM / sample (side by side) | LM speed-up vs grid |" if split else "")) + (
         " reference accuracy |" if has_ref else "")
@@ -275,7 +259,8 @@ def comparison_table(comparison: dict) -> str:
     for r in comparison["rows"]:
         std = f" ± {r['tokens_per_image_std']:.1f}" if r.get("tokens_per_image_std") is not None else ""
         speed = f"{r['speedup_vs_grid']:.2f}×" if "speedup_vs_grid" in r else "—"
-        line = (f"| {r['name']} | {r['accuracy']:.1f} | {r['tokens_per_image_mean']:.1f}{std} | "
+        training = "trained" if r.get("trained", True) else "training-free"
+        line = (f"| {r['name']} | {training} | {r['accuracy']:.1f} | {r['tokens_per_image_mean']:.1f}{std} | "
                 f"{1000 * r['seconds_per_sample']:.1f} ms |"
                 + (f" {1000 * r['side_by_side_seconds_per_sample']:.1f} ms |" if side else "") + f" {speed} |")
         if split:
@@ -288,7 +273,19 @@ def comparison_table(comparison: dict) -> str:
             line += (f" {r['reference_accuracy']:.1f} ({round(r['accuracy_minus_reference'], 1) + 0.0:+.1f}) |"
                      if "reference_accuracy" in r else " — |")
         lines.append(line)
+    if comparison.get("paired"):
+        lines += ["", "Paired bootstrap over questions (first row minus second, 95% interval):", "",
+                  paired_table(comparison["paired"])]
     return "\n".join(lines)
+
+
+def pareto_front(rows: list[dict]) -> list[dict]:
+    """The rows no other row beats on both axes (at most as many tokens per image and at least the accuracy, one of
+    them strictly), by increasing tokens."""
+    front = [r for r in rows if not any(
+        o["tokens_per_image_mean"] <= r["tokens_per_image_mean"] and o["accuracy"] >= r["accuracy"]
+        and (o["tokens_per_image_mean"], o["accuracy"]) != (r["tokens_per_image_mean"], r["accuracy"]) for o in rows)]
+    return sorted(front, key=lambda r: r["tokens_per_image_mean"])
 
 
 def plot_comparison(comparison: dict, path: str | os.PathLike) -> None:
@@ -299,9 +296,14 @@ def plot_comparison(comparison: dict, path: str | os.PathLike) -> None:
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for r in comparison["rows"]:
-        ax.errorbar(r["tokens_per_image_mean"], r["accuracy"], xerr=r.get("tokens_per_image_std") or 0, fmt="o",
-                    capsize=3)
+        ax.errorbar(r["tokens_per_image_mean"], r["accuracy"], xerr=r.get("tokens_per_image_std") or 0,
+                    fmt="o" if r.get("trained", True) else "s", capsize=3)  # squares: training-free rows
         ax.annotate(r["name"], (r["tokens_per_image_mean"], r["accuracy"]), textcoords="offset points", xytext=(4, 4))
+    front = pareto_front(comparison["rows"])
+    if len(front) > 1:
+        ax.step([r["tokens_per_image_mean"] for r in front], [r["accuracy"] for r in front], where="post",
+                color="grey", linestyle="--", linewidth=1, label="Pareto front", zorder=0)
+        ax.legend(loc="lower right", fontsize=8)
     ax.set_xlabel("tokens per image (mean ± std)")
     ax.set_ylabel("VQA accuracy (%)")
     ax.set_title(comparison["task"])
@@ -360,8 +362,8 @@ def reference_evaluation(spec: RunSpec, task_yaml: str | os.PathLike, batch_size
         records = [dict(r, image=Image.open(r["image"]).convert("RGB"))
                    for r in read_records(include.parent / f"{task}.json")]
     records = records[:limit] if limit else records
-    args = {key: spec.model_args[key] for key in ("batch_invariant", "merge_lora", "base_model", "merged")
-            if key in spec.model_args}
+    args = {key: spec.model_args[key] for key in ("batch_invariant", "merge_lora", "base_model", "merged",
+                                                  "fastv_layer", "fastv_tokens") if key in spec.model_args}
     model, processor, tower = load_for_inference(spec.pretrained, settings, **args)
     return evaluate_vqa(model, processor, records, batch_size=batch_size,
                         use_queries=tower.supports_queries)["accuracy"]

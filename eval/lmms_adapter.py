@@ -5,10 +5,16 @@ adapter + tower) or any `DoveLlavaForConditionalGeneration` folder with its toke
 tower setting by name, parsed by `dove_vlm.TowerSettings`) re-runs the model's own DOVE weights in another mode:
 
     grid        all VQGAN latents (the fixed-length baseline; needs a model trained on the grid tower)
+    pool-K      the grid average-pooled to K cells (training-free, on the grid model)
+    random-K    K grid cells drawn per image, in raster order (training-free, on the grid model)
     fixed-K     DOVE truncated to K tokens (also `tower_mode=fixed,num_tokens=K`)
     adaptive    DOVE's own length
     query       Q-DOVE with the question as its query
     query-null  Q-DOVE with a null query (the whole image)
+    encoder     a pretrained fixed-length encoder tower (`dove llava-train --tower efficientnet-lite0`)
+
+`fastv_layer=K,fastv_tokens=k` prunes each image to its k most attended visual tokens after language-model layer
+K (FastV, `dove_vlm.llava.fastv`; training-free); the token accounting then counts the k kept tokens.
 
 Token accounting goes through lmms-eval's own channels, so it lands in its results file next to accuracy:
 every request returns a `GenerationResult` whose `TokenCounts` hold the prompt length (text + image tokens) and the
@@ -58,17 +64,28 @@ def set_tower_settings(model, processor, settings: TowerSettings | str | dict | 
 
 def load_for_inference(pretrained: str, settings: TowerSettings | str | dict | None = None,
                        batch_invariant: bool | str | None = None, merge_lora: bool | str = True,
-                       base_model: str | None = None, merged: bool | str = False):
+                       base_model: str | None = None, merged: bool | str = False,
+                       fastv_layer: int | str | None = None, fastv_tokens: int | str | None = None):
     """`(model, processor, tower)` of a model folder set up for evaluation: the tower with `settings` (see
     `set_tower_settings`), `DoveConfig.batch_invariant` set when given, a LoRA adapter merged into the weights unless
-    `merge_lora` is false. The adapter and `dove eval compare --reference-eval` load models through here."""
+    `merge_lora` is false, and with `fastv_layer` and `fastv_tokens` FastV pruning hooked into the language model
+    (`model.fastv` holds the hooks; `None` without). The adapter and `dove eval compare --reference-eval` load
+    models through here."""
     model, processor = load_dove_llava(pretrained, base_model=base_model, merged=_flag(merged, "merged") or False)
     tower = set_tower_settings(model, processor, settings)
     invariant = _flag(batch_invariant, "batch_invariant")
-    if invariant is not None:
+    if invariant is not None and hasattr(tower, "dove"):
         tower.dove.config.batch_invariant = invariant
     if _flag(merge_lora, "merge_lora") is not False and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
+    model.fastv = None
+    if (fastv_layer is None) != (fastv_tokens is None):
+        raise ValueError("FastV needs both fastv_layer=K (the decoder layer after which visual tokens are pruned) "
+                         "and fastv_tokens=k (the visual tokens kept per image).")
+    if fastv_layer is not None:
+        from dove_vlm.llava.fastv import apply_fastv
+
+        model.fastv = apply_fastv(model, fastv_layer, fastv_tokens)
     return model.eval(), processor, tower
 
 
@@ -107,13 +124,15 @@ class DoveLlava(lmms):
         merge_lora: merge a LoRA adapter into the language model's weights after loading (default `true`: the same
             function without the adapter's extra matmuls at every layer; `false` runs peft's unmerged layers).
         bucket_window: batches per length-sorting window (default 8; 1 keeps the request order).
+        fastv_layer / fastv_tokens: FastV pruning in the language model (both or neither; see `load_for_inference`).
         device: torch device (CPU by default).
     """
 
     def __init__(self, pretrained: str, tower_mode: str | None = None, num_tokens: int | None = None,
                  batch_size: int | str = 16, max_new_tokens: int = 4, base_model: str | None = None,
                  merged: bool | str = False, batch_invariant: bool | str | None = None, merge_lora: bool | str = True,
-                 bucket_window: int | str = 8, device: str | None = None, **kwargs) -> None:
+                 bucket_window: int | str = 8, fastv_layer: int | str | None = None,
+                 fastv_tokens: int | str | None = None, device: str | None = None, **kwargs) -> None:
         super().__init__()
         settings = TowerSettings.parse({"tower_mode": tower_mode, "num_tokens": num_tokens,
                                         **{k: kwargs.pop(k) for k in TowerSettings.names() if k in kwargs}})
@@ -121,7 +140,9 @@ class DoveLlava(lmms):
         self.max_new_tokens = int(max_new_tokens)
         self.bucket_window = max(1, int(bucket_window))
         model, processor, self.tower = load_for_inference(pretrained, settings, batch_invariant, merge_lora,
-                                                          base_model=base_model, merged=merged)
+                                                          base_model=base_model, merged=merged,
+                                                          fastv_layer=fastv_layer, fastv_tokens=fastv_tokens)
+        self.fastv = model.fastv
         self.use_queries = self.tower.supports_queries
         wants_cuda = bool(device) and str(device).startswith("cuda")
         self.device = torch.device(device if device and (not wants_cuda or torch.cuda.is_available()) else "cpu")
@@ -183,7 +204,7 @@ class DoveLlava(lmms):
         n, size = len(images), self.batch_size
         queries = list(questions) if self.use_queries else [None] * n
         texts, in_lens, out_lens, seconds = [None] * n, [0] * n, [0] * n, [0.0] * n
-        lengths = [0] * n
+        lengths, seen = [0] * n, [0] * n
         window = size * self.bucket_window
         for first in range(0, n, window):
             rows = range(first, min(n, first + window))
@@ -198,6 +219,8 @@ class DoveLlava(lmms):
                     timings["tower"] = timings.get("tower", 0.0) + elapsed
                 for i, f in zip(chunk, out.pooler_output):
                     features[i], lengths[i], seconds[i] = f, int(f.shape[0]), share
+            for i in rows:  # the image tokens the language model attends to (FastV: the kept ones)
+                seen[i] = self.fastv.kept(lengths[i]) if self.fastv else lengths[i]
             order = sorted(rows, key=lambda i: (lengths[i], len(questions[i]), i)) if self.bucket_window > 1 \
                 else list(rows)
             for start in range(0, len(order), size):
@@ -211,9 +234,9 @@ class DoveLlava(lmms):
                 if timings is not None:
                     timings["language_model"] = timings.get("language_model", 0.0) + elapsed
                 for i, text, n_in, n_out in zip(batch, answers, prompt_lens, answer_lens):
-                    texts[i], in_lens[i], out_lens[i] = text, int(n_in), int(n_out)
+                    texts[i], in_lens[i], out_lens[i] = text, int(n_in) - lengths[i] + seen[i], int(n_out)
                     seconds[i] += share
-        return texts, lengths, in_lens, out_lens, seconds
+        return texts, seen, in_lens, out_lens, seconds
 
     def generate_until(self, requests) -> list[GenerationResult]:
         images, questions, until, max_new = [], [], [], []

@@ -18,7 +18,7 @@ from dove_vlm.configuration_dove import DoveConfig
 from dove_vlm.image_processing_dove import DoveImageProcessor
 from dove_vlm.checkpoints import local_model_type
 from dove_vlm.tower_settings import TowerSettings, TowerSettingsError
-from dove_vlm.vision_tower import DoveVisionTower, DoveVisionTowerConfig
+from dove_vlm.vision_tower import DoveVisionTower, DoveVisionTowerConfig, TowerProperties
 
 DOVE_PREFIX = "dove:"
 DOVE_MODEL_TYPES = (DoveConfig.model_type, DoveVisionTowerConfig.model_type)
@@ -76,7 +76,7 @@ def tower_config(path: str, overrides: dict) -> DoveVisionTowerConfig:
                      f"{' or '.join(map(repr, DOVE_MODEL_TYPES))}); train one with `dove train` or save a DoveVisionTower.")
 
 
-class DoveLlavaVisionTower(nn.Module):
+class DoveLlavaVisionTower(TowerProperties, nn.Module):
     """LLaVA-side adapter of a [`DoveVisionTower`]: the attributes and methods LLaVA's code uses on a vision tower
     (`is_loaded`, `load_model`, `image_processor`, `hidden_size`, `config`, `device`, `dtype`, `num_patches`,
     `dummy_feature`, `forward(images)`), with `forward(images, queries=None)` returning one `(L_i, D)` tensor per
@@ -153,14 +153,6 @@ class DoveLlavaVisionTower(nn.Module):
     @property
     def config(self) -> DoveVisionTowerConfig:
         return self.vision_tower.config if self.is_loaded else self.cfg_only
-
-    @property
-    def hidden_size(self) -> int:
-        return self.config.hidden_size
-
-    @property
-    def max_tokens(self) -> int:
-        return self.config.max_image_tokens
 
     @property
     def num_patches(self) -> int:

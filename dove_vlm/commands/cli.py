@@ -247,13 +247,17 @@ def _eval_compare(ns) -> int:
     from eval.compare import compare, comparison_table, mode_matrix, reference_accuracies
 
     from ..run_folder import claim
-    from .validation import check_compare
+    from .validation import budget_rows, check_compare
 
     data_files = check_compare(ns)
     fixed_k = tuple(int(k) for k in ns.fixed_k.split(",") if k.strip()) if ns.fixed_k else ()
     model_args = dict(COMPARE_MODEL_ARGS, **dict(_key_value(item) for item in (ns.model_args or "").split(",")
                                                  if item.strip()))
-    specs = mode_matrix(ns.grid_model, ns.dove_model, ns.qdove_model, fixed_k, model_args)
+    specs = mode_matrix(ns.grid_model, ns.dove_model, ns.qdove_model, fixed_k, model_args,
+                        encoder_model=ns.encoder_model)
+    budget = budget_rows(ns)
+    if budget is not None:
+        budget.model_args = dict(model_args)
     if ns.modes:
         wanted = {m.strip() for m in ns.modes.split(",")}
         unknown = wanted - {s.name for s in specs}
@@ -262,7 +266,8 @@ def _eval_compare(ns) -> int:
                              f"({', '.join(s.name for s in specs)}).")
         specs = [s for s in specs if s.name in wanted]
     inputs = {"--task": ns.task, "--grid-model": ns.grid_model, "--dove-model": ns.dove_model,
-              "--qdove-model": ns.qdove_model, **{f"task data {f}": f for f in data_files}}
+              "--qdove-model": ns.qdove_model, "--encoder-model": ns.encoder_model,
+              **{f"task data {f}": f for f in data_files}}
     # Finished rows are reused by design (same model files, task and options; --rerun runs them again).
     with claim(ns.output_dir, inputs=inputs, resume=True, command=ns.command_line):
         reference = reference_accuracies(specs, ns.task)
@@ -274,7 +279,7 @@ def _eval_compare(ns) -> int:
                 if accuracy is not None:
                     reference[spec.name] = accuracy
         comparison = compare(ns.task, specs, ns.output_dir, ns.batch_size, ns.limit, reference,
-                             side_by_side=not ns.no_side_by_side, reuse=not ns.rerun)
+                             side_by_side=not ns.no_side_by_side, reuse=not ns.rerun, budget=budget)
     print(comparison_table(comparison))
     return 0
 
@@ -350,7 +355,17 @@ def build_parser() -> argparse.ArgumentParser:
     p_cmp.add_argument("--grid-model", default=None, help="a `dove llava-train --stage base` folder (grid row)")
     p_cmp.add_argument("--dove-model", default=None, help="a LoRA stage on DOVE (fixed-K and adaptive rows)")
     p_cmp.add_argument("--qdove-model", default=None, help="a LoRA stage on Q-DOVE (query and query-null rows)")
+    p_cmp.add_argument("--encoder-model", default=None, help="a LoRA stage on the pretrained encoder tower "
+                       "(`dove llava-train --tower efficientnet-lite0`; encoder row)")
     p_cmp.add_argument("--fixed-k", default="", help="comma-separated K values for DOVE truncated to K tokens")
+    budget_help = ("on --grid-model, training-free: comma-separated k, or auto (the measured mean tokens of DOVE "
+                   "adaptive and Q-DOVE, rounded, and a quarter of the grid)")
+    p_cmp.add_argument("--pool-k", default=None, metavar="LIST|auto", help="grid average-pooled to k tokens " + budget_help)
+    p_cmp.add_argument("--random-k", default=None, metavar="LIST|auto", help="k random grid tokens " + budget_help)
+    p_cmp.add_argument("--fastv-k", default=None, metavar="LIST|auto", help="FastV: the k most attended grid tokens "
+                       "kept after LM layer --fastv-layer " + budget_help)
+    p_cmp.add_argument("--fastv-layer", type=whole_number, default=None, metavar="K",
+                       help="the decoder layer after which FastV prunes (default 2, or fewer on a shallower LM)")
     p_cmp.add_argument("--modes", default=None, help="comma-separated subset of the rows to run")
     p_cmp.add_argument("--output-dir", default="runs/eval_compare")
     p_cmp.add_argument("--batch-size", type=whole_number, default=16)

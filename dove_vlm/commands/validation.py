@@ -152,9 +152,10 @@ def task_files(output_dir: str, task_name: str) -> list[Path]:
 
 # --- dove eval compare ------------------------------------------------------------------------------------------
 
-ADAPTER_OPTIONS = ("batch_invariant", "merge_lora", "merged", "bucket_window", "base_model", "device", "max_new_tokens")
+ADAPTER_OPTIONS = ("batch_invariant", "merge_lora", "merged", "bucket_window", "base_model", "device", "max_new_tokens",
+                   "fastv_layer", "fastv_tokens")
 _BOOLEAN_OPTIONS = ("batch_invariant", "merge_lora", "merged")
-ROW_FLAGS = {"grid": "--grid-model", "dove": "--dove-model", "qdove": "--qdove-model"}
+ROW_FLAGS = {"grid": "--grid-model", "dove": "--dove-model", "qdove": "--qdove-model", "encoder": "--encoder-model"}
 
 
 def load_task_yaml(path: str) -> dict:
@@ -205,7 +206,7 @@ def check_compare(ns) -> list[str]:
     check_int("limit", ns.limit, 1, optional=True)
     given = {row: getattr(ns, f"{row}_model") for row in ROW_FLAGS if getattr(ns, f"{row}_model")}
     if not given:
-        raise ValueError("nothing to compare: give at least one of --grid-model, --dove-model, --qdove-model.")
+        raise ValueError("nothing to compare: give at least one of " + ", ".join(ROW_FLAGS.values()) + ".")
     max_tokens = None
     for row, path in given.items():
         found = check_llava_folder(path, ROW_FLAGS[row], row)
@@ -223,7 +224,26 @@ def check_compare(ns) -> list[str]:
             if max_tokens and int(text) > max_tokens:
                 raise ValueError(f"--fixed-k {text} is more than the DOVE model's max_tokens ({max_tokens}).")
     check_model_args(ns.model_args)
+    budget_rows(ns)
     return data_files
+
+
+def budget_rows(ns):
+    """The training-free token-budget rows of `--pool-k`, `--random-k`, `--fastv-k` (with `--fastv-layer`) on
+    `--grid-model`, checked (k within the grid, the layer within the language model); `None` without them."""
+    from eval.rows import BudgetRows, parse_k_list
+
+    ks = {kind: parse_k_list(getattr(ns, f"{kind}_k", None), f"--{kind}-k") for kind in ("pool", "random", "fastv")}
+    if getattr(ns, "fastv_layer", None) is not None and not ks["fastv"]:
+        raise ValueError("--fastv-layer sets where FastV prunes; give --fastv-k too.")
+    if not any(ks.values()):
+        return None
+    if not ns.grid_model:
+        flags = ", ".join(f"--{kind}-k" for kind, k in ks.items() if k)
+        raise ValueError(f"{flags} run on the grid LLaVA: give --grid-model (a `dove llava-train --stage base` folder).")
+    budget = BudgetRows(ns.grid_model, ks["pool"], ks["random"], ks["fastv"], ns.fastv_layer)
+    budget.check()
+    return budget
 
 
 def check_llava_folder(path: str, name: str, row: str) -> int | None:
@@ -249,6 +269,10 @@ def check_llava_folder(path: str, name: str, row: str) -> int | None:
     if row != "grid" and vision.get("mode") == "grid":
         raise ValueError(f"{name} {path} was trained on the grid tower (a base stage); the {'Q-DOVE' if row == 'qdove' else 'DOVE'} rows need a "
                          "`dove llava-train --stage lora` folder trained on a DOVE tower.")
+    if (row == "encoder") != (vision.get("mode") == "encoder"):
+        raise ValueError(f"{name} {path} was " + ("not trained on the encoder tower; pass a `dove llava-train --tower "
+                         "efficientnet-lite0` folder." if row == "encoder" else "trained on the pretrained encoder "
+                         "tower; pass it as --encoder-model."))
     if row == "qdove" and not supports_queries(path):
         raise ValueError(f"{name} {path} has a plain DOVE tower; the query rows need one trained on Q-DOVE "
                          "(`dove llava-train --tower QDOVE_CHECKPOINT --mode query`).")

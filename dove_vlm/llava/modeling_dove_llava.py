@@ -26,6 +26,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 
 from ..modeling_dove import QUERY_TOKENIZER_DIR
 from ..query_tokenizer import load_saved_query_tokenizer
+from ..encoder_tower import TOWERS
 from ..vision_tower import DoveVisionTower
 from .configuration_dove_llava import DoveLlavaConfig
 
@@ -52,7 +53,7 @@ class DoveLlavaModel(LlavaModel):
 
     @property
     def has_dove_tower(self) -> bool:
-        return isinstance(self.vision_tower, DoveVisionTower)
+        return isinstance(self.vision_tower, TOWERS)  # a DOVE tower or the pretrained encoder tower
 
     def get_image_features(
         self,
@@ -91,7 +92,7 @@ class DoveLlavaModel(LlavaModel):
         if tower_outputs is not None:
             out = _checked_tower_outputs(tower, tower_outputs, pixel_values)
         else:
-            out = tower(pixel_values.to(tower.dove.latent_in.weight.dtype), queries=image_queries)
+            out = tower(pixel_values.to(tower.dtype), queries=image_queries)
         if image_lengths is not None:
             expected = torch.as_tensor(image_lengths).reshape(-1).to(out.lengths.device)
             if expected.shape != out.lengths.shape or not torch.equal(expected, out.lengths):
@@ -178,7 +179,7 @@ class DoveLlavaModel(LlavaModel):
         old_width = self.multi_modal_projector.linear_1.in_features
         self.vision_tower = tower
         self.config.vision_config = tower.config
-        if isinstance(tower, DoveVisionTower):
+        if isinstance(tower, TOWERS):
             # CLIP feature-layer settings do not apply to DOVE features (and a list would widen the projector).
             self.config.vision_feature_layer = -1
             self.config.vision_feature_select_strategy = "full"
@@ -272,8 +273,9 @@ class DoveLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         loaded = model[0] if isinstance(model, tuple) else model
         tower = loaded.model.vision_tower
-        if isinstance(tower, DoveVisionTower):
+        if isinstance(tower, TOWERS):
             tower.freeze()
+        if isinstance(tower, DoveVisionTower):
             tokenizer = load_saved_query_tokenizer(pretrained_model_name_or_path, **kwargs) \
                 if tower.dove.supports_queries else None
             if tokenizer is not None:

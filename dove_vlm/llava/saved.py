@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoints import ALIGN_INFO_FILE, LORA_INFO_FILE, describe_mismatch, looks_local, quiet_loading
+from ..encoder_tower import TOWERS, load_tower
 from ..tower_settings import TowerSettings
 from ..vision_tower import DoveVisionTower
 from .modeling_dove_llava import DoveLlavaForConditionalGeneration
@@ -220,7 +221,7 @@ def load_aligned_llava(output_dir: str | os.PathLike, base_model: str | None = N
     for needed in (TOWER_DIR + "/config.json", PROJECTOR_FILE):
         if not (root / needed).is_file():
             raise FileNotFoundError(f"the align stage in {root} is incomplete: {root / needed} is missing.")
-    tower = DoveVisionTower.from_pretrained(root / TOWER_DIR)
+    tower = load_tower(str(root / TOWER_DIR))
     tokenizer = load_tokenizer(str(root))
     if "language_model" in info and base_model is None:
         model = language_model_llava(tower, resolve_base_model(root, info, "language_model"), tokenizer)
@@ -273,7 +274,7 @@ def load_llava_lora(output_dir: str | os.PathLike, merged: bool = False, base_mo
         if not (root / TOWER_DIR / "config.json").is_file():
             raise FileNotFoundError(f"the tower of the LoRA stage in {root} is missing: looked for it at "
                                     f"{root / TOWER_DIR}.")
-        tower = DoveVisionTower.from_pretrained(root / TOWER_DIR)
+        tower = load_tower(str(root / TOWER_DIR))
         if "language_model" in info and base_model is None:  # trained straight on a pretrained LM (new projector)
             model = language_model_llava(tower, resolve_base_model(root, info, "language_model"),
                                          load_tokenizer(str(root)))
@@ -304,8 +305,8 @@ def load_dove_llava(pretrained: str | os.PathLike, base_model: str | None = None
         raise ValueError(wrong)
     model = model.eval()
     tower = model.model.vision_tower
-    if not isinstance(tower, DoveVisionTower):
-        raise TypeError(f"{root} has a {type(tower).__name__} vision tower, not a DOVE tower.")
+    if not isinstance(tower, TOWERS):
+        raise TypeError(f"{root} has a {type(tower).__name__} vision tower, not a DOVE or encoder tower.")
     return model, build_processor(tower, load_tokenizer(str(root)))
 
 

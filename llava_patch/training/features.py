@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from tqdm.auto import tqdm
 
@@ -34,7 +36,8 @@ def tower_features(tower: DoveVisionTower, records: list[dict]) -> list[torch.Te
     images = [load_record_image(records[i]) for i in with_image]
     pixels = tower.image_processor(images, return_tensors="pt")["pixel_values"].to(device)
     queries = [record_query(records[i]) for i in with_image] if tower.supports_queries else None
-    with torch.no_grad(), tower.dove.batch_invariance(False):
+    invariance = tower.dove.batch_invariance(False) if hasattr(tower, "dove") else contextlib.nullcontext()
+    with torch.no_grad(), invariance:
         features = tower(pixels, queries=queries).features
     for i, f in zip(with_image, features):
         out[i] = f.detach()

@@ -41,6 +41,7 @@ from dove_vlm.llava.saved import (ADAPTER_DIR, PROJECTOR, TOWER_DIR, attach_adap
                                   projector_of, save_aligned_projector, text_fingerprint, write_align_info,
                                   write_lora_info)
 from dove_vlm.llava.vqa import evaluate_vqa, majority_baseline, type_counts
+from dove_vlm.encoder_tower import load_tower
 from dove_vlm.vision_tower import DoveVisionTower
 from train_tokenizer.checkpointing import load_safetensors_state, load_torch_state, resume_point, save_checkpoint
 from train_tokenizer.train import check_output_dir
@@ -52,8 +53,8 @@ from .loop import ProjectorCheckpoint, answer_loss, example_loader
 
 
 def tower_of(args: LlavaTrainingArguments) -> DoveVisionTower:
-    """The tower a training stage swaps in, with its settings."""
-    return DoveVisionTower.from_pretrained(args.tower, settings=args.tower_settings)
+    """The tower a training stage swaps in, with its settings (`efficientnet-lite0`: the pretrained encoder)."""
+    return load_tower(args.tower, settings=args.tower_settings)
 
 
 def lora_config(args: LlavaTrainingArguments):
@@ -216,7 +217,7 @@ def train_llava(args: LlavaTrainingArguments, step_callback=None) -> dict:
 
     timings: dict[str, float] = {}
     t0 = time.time()
-    image_size = DoveVisionTower.from_pretrained(args.tower).config.dove_config.image_size
+    image_size = tower_of(args).config.image_size
     records, examples = training_examples(args, image_size)
     timings["data_seconds"] = time.time() - t0
     extra = [t for r in records for t in (r["question"], r["answer"])] if args.data_path else None
@@ -295,7 +296,7 @@ def train_llava(args: LlavaTrainingArguments, step_callback=None) -> dict:
     timings["train_seconds"] = time.time() - started
 
     metrics: dict[str, Any] = {
-        "stage": args.stage, "mode": args.mode.value, "feature": tower.config.feature, "steps": args.max_steps,
+        "stage": args.stage, "mode": args.mode.value, "feature": getattr(tower.config, "feature", "encoder"), "steps": args.max_steps,
         "batch_size": args.batch_size, "learning_rate": args.learning_rate, "num_train_questions": len(records),
         "num_train_examples": len(examples), "turns_per_image": args.turns_per_image,
         "num_train_scenes": args.num_train_scenes, "trainable_parameters": num_trainable,
