@@ -51,7 +51,8 @@ def test_features_do_not_depend_on_the_batch(small_tower):
     pixels = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
     together = small_tower(pixels).last_hidden_state
     alone = torch.cat([small_tower(pixels[i : i + 1]).last_hidden_state for i in range(4)])
-    torch.testing.assert_close(alone, together, rtol=1e-4, atol=1e-5)
+    # fp32 convolutions block their sums by batch and thread count: equal to the last bits (~2e-5 seen on 2 threads)
+    torch.testing.assert_close(alone, together, rtol=1e-3, atol=1e-4)
 
 
 def test_save_and_load_round_trip(small_tower, tmp_path):
