@@ -195,8 +195,10 @@ class TrainingData:
 
     @property
     def sources(self) -> torch.Tensor | None:
-        """`(N,)` the data source of each training image, when the data keep it (the `wide` mix)."""
-        return getattr(self.images, "sources", None)
+        """`(N,)` the data source of each training image, when the data keep it (the `wide` mix's
+        `UInt8ImageDataset`; other data sets may name their files `sources`, which is not this)."""
+        sources = getattr(self.images, "sources", None)
+        return sources if isinstance(sources, torch.Tensor) else None
 
     def __len__(self) -> int:
         if self.images is None:
