@@ -17,7 +17,7 @@ SCORE = "vqa_accuracy"
 
 
 def question_scores(results_file: str | Path, task: str) -> dict[int, float]:
-    """`{doc_id: score}` of one lmms-eval run, from the samples file beside its results file."""
+    """`{doc_id: score}` of one lmms-eval run (points, 0 to 100), from the samples file beside its results file."""
     folder = Path(results_file).parent
     files = sorted(glob.glob(str(folder / f"*_samples_{task}.jsonl")))
     if not files:
@@ -34,12 +34,13 @@ def question_scores(results_file: str | Path, task: str) -> dict[int, float]:
 
 def paired_bootstrap(a: dict[int, float], b: dict[int, float], resamples: int = 10000, level: float = 0.95,
                      seed: int = 0) -> dict:
-    """Accuracy of `a` minus accuracy of `b` in points over their shared questions, with a `level` percentile
-    interval from `resamples` paired resamples of the questions."""
+    """Accuracy of `a` minus accuracy of `b` over their shared questions, in the scores' unit (points: the task's
+    `vqa_accuracy` is 0 or 100 per question), with a `level` percentile interval from `resamples` paired resamples
+    of the questions."""
     shared = sorted(set(a) & set(b))
     if not shared:
         raise ValueError("the two rows share no question; score them on the same task.")
-    diff = np.array([a[q] - b[q] for q in shared], dtype=np.float64) * 100.0
+    diff = np.array([a[q] - b[q] for q in shared], dtype=np.float64)
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, len(diff), size=(resamples, len(diff)))
     means = diff[picks].mean(axis=1)

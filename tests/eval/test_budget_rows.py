@@ -41,10 +41,10 @@ def test_budget_rows_resolve_auto_and_check_k(grid_dir):
 
 
 def test_paired_bootstrap():
-    a = {i: float(i % 2) for i in range(200)}
+    a = {i: 100.0 * (i % 2) for i in range(200)}  # per-question points, as the task's vqa_accuracy
     same = paired_bootstrap(a, a)
     assert same["difference"] == 0.0 and same["low"] == 0.0 and same["high"] == 0.0
-    better = paired_bootstrap({i: 1.0 for i in range(200)}, a)
+    better = paired_bootstrap({i: 100.0 for i in range(200)}, a)
     assert better["difference"] == 50.0 and 40.0 < better["low"] < 50.0 < better["high"] < 60.0
     assert better["num_questions"] == 200
     with pytest.raises(ValueError, match="share no question"):
@@ -65,10 +65,10 @@ def _fake_lmms_eval(calls):
         calls.append(spec)
         tokens = {"grid": 64, "query": 10, "query-null": 12}.get(spec.name) or int(spec.name.split("-")[1])
         output_dir.mkdir(parents=True, exist_ok=True)
-        scores = [float((i + tokens) % 3 == 0) for i in range(6)]
+        scores = [100.0 * ((i + tokens) % 3 == 0) for i in range(6)]  # points per question, as the task's
         task = tasks[0]
         (output_dir / "r_results.json").write_text(json.dumps({
-            "results": {task: {METRIC: 100 * sum(scores) / 6}}, "n-samples": {task: {"effective": 6}},
+            "results": {task: {METRIC: sum(scores) / 6}}, "n-samples": {task: {"effective": 6}},
             "throughput": {"avg_image_tokens": tokens, "avg_image_tokens_sq": tokens**2, "avg_latency": 0.01}}))
         (output_dir / f"r_samples_{task}.jsonl").write_text(
             "".join(json.dumps({"doc_id": i, "vqa_accuracy": s}) + "\n" for i, s in enumerate(scores)))
@@ -93,6 +93,9 @@ def test_compare_with_budget_rows(grid_dir, llava_dir, task_yaml, tmp_path, monk
     assert names == ["grid", "query", "query-null", "pool-10", "pool-16", "random-16", "fastv-10", "fastv-16"]
     assert [r["trained"] for r in comparison["rows"]] == [True] * 3 + [False] * 5
     assert {(p["row"], p["versus"]) for p in comparison["paired"]} == {("query", "pool-10"), ("query", "fastv-10")}
+    accuracy = {r["name"]: r["accuracy"] for r in comparison["rows"]}
+    for pair in comparison["paired"]:  # the paired mean is the rows' accuracy difference, in the same points
+        assert abs(pair["difference"] - (accuracy[pair["row"]] - accuracy[pair["versus"]])) < 1e-9
     fastv = next(s for s in calls if s.name == "fastv-10")
     assert fastv.mode == "grid" and fastv.model_args["fastv_tokens"] == 10 and fastv.model_args["fastv_layer"] == 1
     assert "training-free" in printed.out and "Paired bootstrap" in printed.out
