@@ -29,14 +29,14 @@ from dove_vlm.image_processing_dove import DoveImageProcessor
 
 class UInt8ImageDataset(Dataset):
     """Images kept as a `(N, 3, H, W)` uint8 tensor; items are `{"pixel_values": (3, H, W) in [-1, 1]}`.
-    `sources`: optional `(N,)` long, the data source of each image (see `dove_vlm.data.mix.SOURCES`)."""
+    `source_ids`: optional `(N,)` long, the data source of each image (see `dove_vlm.data.mix.SOURCES`)."""
 
-    def __init__(self, images: torch.Tensor, sources: torch.Tensor | None = None):
+    def __init__(self, images: torch.Tensor, source_ids: torch.Tensor | None = None):
         if images.ndim != 4 or images.dtype != torch.uint8:
             raise ValueError(f"expected a (N, 3, H, W) uint8 tensor, got {tuple(images.shape)} {images.dtype}.")
-        if sources is not None and sources.shape != images.shape[:1]:
-            raise ValueError(f"expected one source per image, got {tuple(sources.shape)} for {len(images)} images.")
-        self.images, self.sources = images, sources
+        if source_ids is not None and source_ids.shape != images.shape[:1]:
+            raise ValueError(f"expected one source per image, got {tuple(source_ids.shape)} for {len(images)} images.")
+        self.images, self.source_ids = images, source_ids
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -45,11 +45,14 @@ class UInt8ImageDataset(Dataset):
         return {"pixel_values": self.images[index].float() / 127.5 - 1.0}
 
 
+def _chw_uint8(image) -> torch.Tensor:
+    """A PIL image as a `(3, H, W)` uint8 tensor."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+
+
 def materialize_scenes(scenes: SyntheticScenes, desc: str = "generating scenes") -> torch.Tensor:
     """Render every scene once into a uint8 tensor (generation is cheap but not free at every step)."""
-    images = [torch.from_numpy(np.array(scenes[i].image, dtype=np.uint8)).permute(2, 0, 1) for i in
-              tqdm(range(len(scenes)), desc=desc, leave=False)]
-    return torch.stack(images)
+    return torch.stack([_chw_uint8(scenes[i].image) for i in tqdm(range(len(scenes)), desc=desc, leave=False)])
 
 
 def materialize_mix(mix: TrainingMix, desc: str = "generating the training mix") -> UInt8ImageDataset:
@@ -57,7 +60,7 @@ def materialize_mix(mix: TrainingMix, desc: str = "generating the training mix")
     images, sources = [], []
     for i in tqdm(range(len(mix)), desc=desc, leave=False):
         image, source = mix[i]
-        images.append(torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1))
+        images.append(_chw_uint8(image))
         sources.append(source)
     return UInt8ImageDataset(torch.stack(images), torch.tensor(sources, dtype=torch.long))
 
@@ -195,10 +198,8 @@ class TrainingData:
 
     @property
     def sources(self) -> torch.Tensor | None:
-        """`(N,)` the data source of each training image, when the data keep it (the `wide` mix's
-        `UInt8ImageDataset`; other data sets may name their files `sources`, which is not this)."""
-        sources = getattr(self.images, "sources", None)
-        return sources if isinstance(sources, torch.Tensor) else None
+        """`(N,)` the data source of each training image, when the data keep it (the `wide` mix)."""
+        return getattr(self.images, "source_ids", None)
 
     def __len__(self) -> int:
         if self.images is None:
