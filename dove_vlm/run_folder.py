@@ -33,8 +33,10 @@ from .checkpoints import looks_local
 
 LOCK_FILE = ".dove-run.lock"
 HOLDER_FILE = ".dove-run.json"
-# Names that do not make a folder "non-empty": the lock itself and the training loop's write probe.
-IGNORED = (LOCK_FILE, HOLDER_FILE, ".write-test")
+# Names that do not make a folder "non-empty": the lock itself and the training loop's write probes (one per
+# process, `.write-test-<pid>`: another rank may be probing the folder while this one checks it).
+IGNORED = (LOCK_FILE, HOLDER_FILE)
+WRITE_PROBE_PREFIX = ".write-test"
 
 
 class RunFolderError(ValueError):
@@ -82,7 +84,8 @@ def entries(output_dir: str | os.PathLike) -> list[str]:
     root = Path(output_dir)
     if not root.is_dir():
         return []
-    return sorted(name for name in os.listdir(root) if name not in IGNORED)
+    return sorted(name for name in os.listdir(root)
+                  if name not in IGNORED and not name.startswith(WRITE_PROBE_PREFIX))
 
 
 def _holder(root: Path) -> str:

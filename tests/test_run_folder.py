@@ -107,3 +107,13 @@ def test_under_a_launcher_only_the_main_process_holds_the_folder(tmp_path, monke
     with pytest.raises(RunFolderError, match="input"):  # the inputs are still checked on every process
         with claim(out, inputs={"--init-from": out}):
             pass
+
+
+def test_another_processes_write_probe_does_not_make_the_folder_non_empty(tmp_path):
+    # Under torchrun every rank probes the output folder (`.write-test-<pid>`) while rank 0 checks it is empty.
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".write-test-12345").write_bytes(b"ok")
+    assert entries(out) == []
+    with claim(out):
+        pass

@@ -26,6 +26,7 @@ from transformers import get_cosine_schedule_with_warmup
 from dove_vlm import DoveModel, preset_config
 from dove_vlm.pretrained import load_generator, load_vqgan
 from dove_vlm.query_tokenizer import load_query_tokenizer as query_tokenizer_from
+from dove_vlm.run_folder import WRITE_PROBE_PREFIX
 
 from .checkpointing import (
     latest_checkpoint,
@@ -54,7 +55,7 @@ def check_output_dir(output_dir: str | os.PathLike, min_free_bytes: int = 50 * 2
     root = Path(output_dir)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write-test-{os.getpid()}"  # one per process: several may check the same folder
+        probe = root / f"{WRITE_PROBE_PREFIX}-{os.getpid()}"  # one per process: several may check the same folder
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as err:
