@@ -270,7 +270,7 @@ class LlavaTrainingArguments(TowerSettings):
 
     @property
     def target_modules(self) -> list[str]:
-        return [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
+        return [m.strip() for m in (self.lora_target_modules or "").split(",") if m.strip()]
 
     @property
     def tower_settings(self) -> TowerSettings:
