@@ -334,3 +334,10 @@ def test_demo_reruns_into_its_own_folder_but_not_into_a_foreign_one(tmp_path, mo
     code, _, err = run_dove(["demo", "--output-dir", finished, "--jobs", "0"])
     one_line_error(code, err, "demo", "--jobs")
     assert calls == [str(finished)] * 2
+
+
+def test_missing_lora_target_modules_is_an_input_error(tmp_path):
+    from llava_patch.training.arguments import LlavaTrainingArguments
+
+    with pytest.raises(ValueError, match="--lora-target-modules None: give a comma-separated subset"):
+        LlavaTrainingArguments(stage="base", output_dir=str(tmp_path / "out"), tower="t", lora_target_modules=None)
