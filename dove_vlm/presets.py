@@ -77,7 +77,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             # "wide": scenes of every background and palette, photo crops, augmentation (opt-in: not yet measured
             # to keep the demo's targets, see docs/results.md)
             "data_mix": "scenes",
-            "length_objective": "paper",  # or "source": the EOS threshold calibrated per data source of the mix
+            # or "source" (the EOS threshold calibrated per data source of the mix) or "detail" (lengths by rank of
+            # the high-pass reconstruction error; with "wide", the lengths that generalize best: docs/results.md)
+            "length_objective": "paper",
             "lpips_weight": 0.1,
             "latent_weight": 1.0,
             "gan_weight": 0.0,

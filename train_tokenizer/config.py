@@ -12,7 +12,7 @@ from dove_vlm.checks import check_choice, check_float, check_int, check_probabil
 from dove_vlm.data.mix import DATA_MIXES
 from dove_vlm.presets import check_model_overrides, preset_training
 
-LENGTH_OBJECTIVES = ("paper", "source")  # the EOS threshold: one for all images, or one per data source
+LENGTH_OBJECTIVES = ("paper", "source", "detail")  # the EOS threshold: one, one per data source, or detail quantiles
 
 
 @dataclass
@@ -46,7 +46,10 @@ class TrainingArguments:
             colour / greyscale / flip augmentation: `dove_vlm.data.mix`).
         length_objective: the EOS threshold of plain samples: `paper` (one running mean of L_rec over every image)
             or `source` (one running mean per data source of the mix: scenes and photo crops each spread over the
-            lengths by their own difficulty, instead of one source taking the short codes and the other the long).
+            lengths by their own difficulty, instead of one source taking the short codes and the other the long)
+            or `detail` (the difficulty is the high-pass reconstruction error, which follows edges and texture
+            rather than palette, and an image at length m of n is held to the running (m / n) quantile of it, so
+            lengths spread over 1..n by rank of detail).
         truncation_prob: share of samples decoded from a random prefix length instead of their own length,
             so the decoder learns every length (beyond the paper; their EOS loss is skipped).
         checkpoint_every / keep_checkpoints: checkpoint interval (steps) and how many to keep.

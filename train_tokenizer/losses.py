@@ -220,6 +220,50 @@ class DynamicThreshold:
         self.values = deque((float(v) for v in state["values"]), maxlen=self.window)
 
 
+def detail_error(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """`(B,)` the mean squared high-pass part of the residual `reconstruction - target`: the residual minus its
+    box blur over a window of `image_size / 16` pixels (5 at 64 px). What is left is the error in edges and
+    texture; the low-frequency part that a palette or background shift dominates is removed."""
+    residual = (reconstruction - target).float()
+    radius = max(1, residual.shape[-1] // 32)
+    blurred = F.avg_pool2d(residual, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False)
+    return (residual - blurred).pow(2).flatten(1).mean(1)
+
+
+class DifficultyQuantiles:
+    """The running distribution of per-image difficulties over the last `window` steps, as length-dependent
+    EOS thresholds: an image decoded at length m of n is too lossy when its difficulty is above the (m / n)
+    quantile. The EOS loss then settles each image near `n · F(difficulty)`, F the running CDF, so lengths spread
+    over 1..n by rank instead of splitting in two around one mean (the paper's threshold)."""
+
+    def __init__(self, window: int = 100):
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}.")
+        self.window = window
+        self.values: deque[list[float]] = deque(maxlen=window)  # one list of per-image difficulties per step
+
+    def thresholds(self, current: list[float], lengths: torch.Tensor, max_tokens: int) -> torch.Tensor:
+        """`(B,)` on `lengths`' device: the (length / max_tokens) quantile of the history (of this step's
+        difficulties `current` until any exist; +inf, i.e. never too lossy, when there are none)."""
+        pool = [v for step in self.values for v in step] or [v for v in current if math.isfinite(v)]
+        if not pool:
+            return torch.full(lengths.shape, float("inf"), device=lengths.device)
+        levels = (lengths.detach().float().cpu() / max_tokens).clamp(0.0, 1.0)
+        return torch.quantile(torch.tensor(pool, dtype=torch.float32), levels).to(lengths.device)
+
+    def update(self, values: list[float]) -> None:
+        finite = [float(v) for v in values if math.isfinite(v)]
+        if finite:
+            self.values.append(finite)
+
+    def state_dict(self) -> dict:
+        return {"window": self.window, "values": [list(step) for step in self.values]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.window = int(state["window"])
+        self.values = deque(([float(v) for v in step] for step in state["values"]), maxlen=self.window)
+
+
 class EosWeightSchedule:
     """λ_eos(step): `start` for `warmup_steps`, then grows to `end` over `ramp_steps` (geometrically for
     `kind="exponential"`, linearly for `"linear"`), then stays at `end`."""

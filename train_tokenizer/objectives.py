@@ -8,8 +8,10 @@
   one (the mean L_rec of the last `threshold_window` steps, over the whole global batch; queried rows have their
   own, of in-box losses); with `length_objective="source"`, one such running mean per data source of the
   training mix (`StepBatch.sources`), so each source's images spread over the lengths by their own difficulty
-  instead of the easier source taking every short code; or, with `query_threshold="teacher"`, the in-box loss
-  the starting DOVE reaches on the same box (`teacher_thresholds`);
+  instead of the easier source taking every short code; with `length_objective="detail"`, the difficulty is
+  the high-pass reconstruction error (`detail_error`: edges and texture, not palette) and a row at length m of
+  n is held to the running (m / n) quantile of it (`DifficultyQuantiles`); or, with
+  `query_threshold="teacher"`, the in-box loss the starting DOVE reaches on the same box (`teacher_thresholds`);
 - `L_distill`: with a teacher, the null query's p_eos is held to the teacher's (`null_query_distillation`), which
   then replaces L_eos on those rows;
 - `L_lat`: MSE of the predicted latents (in the boxes for in-box rows).
@@ -26,7 +28,7 @@ from dove_vlm.data.mix import SOURCES
 
 from .distributed import Ranks
 from .draws import StepBatch
-from .losses import DynamicThreshold, EosWeightSchedule, eos_loss
+from .losses import DifficultyQuantiles, DynamicThreshold, EosWeightSchedule, detail_error, eos_loss
 from .query import box_mask, query_loss
 
 
@@ -59,6 +61,10 @@ class DoveObjective:
         self.per_source = args.length_objective == "source"
         self.source_thresholds = [DynamicThreshold(window=args.threshold_window) for _ in SOURCES]
         self._pending_sources = [float("nan")] * len(SOURCES)
+        # length_objective="detail": plain rows' high-pass error against the running quantile of their length.
+        self.detail = args.length_objective == "detail"
+        self.detail_quantiles = DifficultyQuantiles(window=args.threshold_window)
+        self._pending_detail: list[float] = []
         self.schedule = EosWeightSchedule(start=args.eos_weight_start, end=args.eos_weight_end,
                                           warmup_steps=args.eos_warmup_steps, ramp_steps=args.eos_ramp_steps)
         self.crop_size = max(32, model.config.image_size // 4)
@@ -85,12 +91,17 @@ class DoveObjective:
         queried, adaptive = batch.queried, batch.adaptive
         plain = ~queried
         detached = per_sample.detach()
+        # What the EOS loss compares with a threshold: L_rec (or L_qry), or for plain rows their detail error.
+        difficulty = detached
+        if self.detail:
+            difficulty = torch.where(queried, detached, detail_error(out.reconstruction.detach(), batch.images))
         # The thresholds see only rows decoded at their own (adaptive) length, over the whole global batch.
-        batch_rec = ranks.masked_mean(detached, adaptive & ~queried)
+        batch_rec = ranks.masked_mean(difficulty, adaptive & ~queried)
         batch_query_rec = ranks.masked_mean(detached, adaptive & queried)
         self._pending = (batch_rec, batch_query_rec)
         threshold, query_threshold = self.threshold.value(batch_rec), self.query_threshold.value(batch_query_rec)
-        thresholds = torch.where(queried, query_threshold, self.plain_thresholds(detached, batch, threshold))
+        thresholds = torch.where(queried, query_threshold,
+                                 self.plain_thresholds(difficulty, batch, threshold, out.lengths))
         anchored = adaptive & queried
         teacher_enc = None
         if self.teacher is not None:
@@ -104,7 +115,7 @@ class DoveObjective:
                                                   args.query_threshold_scale)
                 thresholds = target
                 self._teacher_threshold = (target[rows].sum(), len(rows))
-        l_eos = eos_loss(out.p_eos, out.lengths, detached, thresholds)
+        l_eos = eos_loss(out.p_eos, out.lengths, difficulty, thresholds)
         # With a teacher, the null query's lengths come from it (the distillation below), not from the EOS loss.
         eos_rows = anchored if self.distill else adaptive
         l_eos = (l_eos * eos_rows).sum() / eos_rows.sum().clamp(min=1) * ranks.share(eos_rows.sum())
@@ -134,8 +145,15 @@ class DoveObjective:
             logs["mean_length_queried"] = (lengths[anchored].sum(), anchored.sum())
         return loss, logs
 
-    def plain_thresholds(self, detached: torch.Tensor, batch: StepBatch, threshold: float) -> torch.Tensor | float:
-        """The EOS threshold of each plain row: the shared running one, or (per source) its source's."""
+    def plain_thresholds(self, detached: torch.Tensor, batch: StepBatch, threshold: float,
+                         lengths: torch.Tensor | None = None) -> torch.Tensor | float:
+        """The EOS threshold of each plain row: the shared running one, (per source) its source's, or (detail)
+        the running quantile of its length (`lengths`, the rows' own)."""
+        if self.detail:
+            rows = batch.adaptive & ~batch.queried
+            current = [v for part in self.ranks.gather(detached[rows].tolist()) for v in part]  # the global batch
+            self._pending_detail = current
+            return self.detail_quantiles.thresholds(current, lengths, self.model.config.max_tokens).to(detached)
         if not self.per_source or batch.sources is None:
             return threshold
         rows = batch.adaptive & ~batch.queried
@@ -153,10 +171,13 @@ class DoveObjective:
         for running, value in zip(self.source_thresholds, self._pending_sources):
             running.update(value)
         self._pending_sources = [float("nan")] * len(SOURCES)
+        self.detail_quantiles.update(self._pending_detail)
+        self._pending_detail = []
 
     def state_dict(self) -> dict:
         return {"threshold": self.threshold.state_dict(), "query_threshold": self.query_threshold.state_dict(),
-                "source_thresholds": [t.state_dict() for t in self.source_thresholds]}
+                "source_thresholds": [t.state_dict() for t in self.source_thresholds],
+                "detail_quantiles": self.detail_quantiles.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         if "threshold" in state:
@@ -165,3 +186,5 @@ class DoveObjective:
             self.query_threshold.load_state_dict(state["query_threshold"])
         for running, saved in zip(self.source_thresholds, state.get("source_thresholds", [])):
             running.load_state_dict(saved)
+        if "detail_quantiles" in state:
+            self.detail_quantiles.load_state_dict(state["detail_quantiles"])

@@ -1,6 +1,6 @@
 """Two processes train to the weights of one: `torchrun --nproc_per_node 2` with batch b per process against one
-process with batch 2b (gloo on the CPU, fp32), tiny preset at micro widths with truncation on; also Q-DOVE and
-the GAN. And a resume under another number of processes is refused."""
+process with batch 2b (gloo on the CPU, fp32), tiny preset at micro widths with truncation on; also Q-DOVE,
+the GAN and the detail length objective. And a resume under another number of processes is refused."""
 
 import json
 import os
@@ -65,7 +65,8 @@ def max_difference(a: Path, b: Path) -> float:
     dict(query=True, query_null_prob=0.5, query_full_prob=0.5),
     dict(gan_weight=0.1),
     dict(query=True, init_from="dove", freeze_decoder=True, query_threshold="teacher", vqgan_steps=0),
-], ids=["dove", "qdove", "gan", "qdove-from-dove"])
+    dict(data_mix="wide", length_objective="detail"),  # the quantiles of the global batch's detail errors
+], ids=["dove", "qdove", "gan", "qdove-from-dove", "detail"])
 def test_two_processes_train_to_the_weights_of_one(tmp_path, case):
     if case.get("init_from"):  # Q-DOVE from a DOVE: the teacher threshold and the null-query distillation
         one_process(tmp_path / "dove", batch_size=4, max_steps=2)

@@ -4,10 +4,12 @@ import pytest
 import torch
 
 from train_tokenizer.losses import (
+    DifficultyQuantiles,
     DynamicThreshold,
     EosWeightSchedule,
     PatchDiscriminator,
     ReconstructionLoss,
+    detail_error,
     eos_loss,
 )
 
@@ -54,6 +56,33 @@ def test_dynamic_threshold_window():
     assert restored.window == 3 and restored.value(0) == pytest.approx(3.0)
     with pytest.raises(ValueError):
         DynamicThreshold(window=0)
+
+
+def test_detail_error_ignores_a_palette_shift_and_sees_lost_texture():
+    target = torch.rand(2, 3, 64, 64) * 2 - 1
+    shifted = target + torch.tensor([0.3, -0.2, 0.1]).view(1, 3, 1, 1)  # a colour cast: large MSE, no detail lost
+    assert (shifted - target).pow(2).mean() > 0.01
+    assert detail_error(shifted, target).max().item() < 1e-10
+    smooth = torch.nn.functional.avg_pool2d(target, 5, stride=1, padding=2, count_include_pad=False)
+    lost = detail_error(smooth, target)
+    assert lost.shape == (2,) and (lost > 0.05).all()  # blurring away the texture is what it measures
+    assert (detail_error(smooth[:1], target[:1]) == lost[:1]).all()  # per image
+
+
+def test_difficulty_quantiles_hold_each_length_to_its_quantile():
+    quantiles = DifficultyQuantiles(window=2)
+    lengths = torch.tensor([1, 2, 4])
+    assert quantiles.thresholds([], lengths, 4).tolist() == [math.inf] * 3  # nothing seen: never too lossy
+    assert quantiles.thresholds([0.0, 1.0, 2.0, 3.0, 4.0], lengths, 4).tolist() == pytest.approx([1.0, 2.0, 4.0])
+    quantiles.update([10.0, 20.0, float("nan")])
+    quantiles.update([30.0])
+    quantiles.update([40.0, 50.0])  # the window keeps the last two steps: 30, 40, 50
+    assert quantiles.thresholds([0.0], torch.tensor([2, 4]), 4).tolist() == pytest.approx([40.0, 50.0])
+    restored = DifficultyQuantiles(window=9)
+    restored.load_state_dict(quantiles.state_dict())
+    assert restored.window == 2 and restored.thresholds([], torch.tensor([4]), 4).tolist() == [50.0]
+    with pytest.raises(ValueError):
+        DifficultyQuantiles(window=0)
 
 
 def test_eos_weight_schedule():

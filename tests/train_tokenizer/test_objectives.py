@@ -8,7 +8,7 @@ import torch
 from tests.train_tokenizer.test_train import micro_args
 from train_tokenizer.distributed import Ranks
 from train_tokenizer.draws import StepBatch
-from train_tokenizer.losses import ReconstructionLoss
+from train_tokenizer.losses import ReconstructionLoss, detail_error
 from train_tokenizer.objectives import DoveObjective, null_query_distillation
 
 
@@ -81,3 +81,25 @@ def test_the_source_objective_holds_each_source_to_its_own_running_threshold(mic
     assert torch.allclose(held, per_sample[2:].mean().expand(2))  # the running photo threshold, not this batch
     paper = DoveObjective(micro_args(tmp_path, length_objective="paper"), rec_loss, micro_model, None, one_process())
     assert paper.plain_thresholds(per_sample, batch, threshold=0.5) == 0.5  # the paper's one threshold, unchanged
+
+
+def test_the_detail_objective_holds_each_row_to_the_quantile_of_its_length(micro_model, images, tmp_path):
+    rec_loss = ReconstructionLoss(lpips_weight=0.0, gan_weight=0.0)
+    objective = DoveObjective(micro_args(tmp_path, length_objective="detail"), rec_loss, micro_model, None,
+                              one_process())
+    batch = StepBatch(images, forced=torch.zeros(4, dtype=torch.long))
+    out = micro_model(images, num_tokens=batch.forced)
+    detail = detail_error(out.reconstruction.detach().float(), images)
+    lengths = torch.tensor([1, 2, 3, micro_model.config.max_tokens])
+    thresholds = objective.plain_thresholds(detail, batch, threshold=123.0, lengths=lengths)
+    expected = torch.quantile(detail, lengths.float() / micro_model.config.max_tokens)
+    assert torch.allclose(thresholds, expected)  # no history yet: this batch's quantiles
+    objective(out, batch, step=0)
+    objective.update()
+    state = objective.state_dict()
+    assert state["detail_quantiles"]["values"] == [pytest.approx(detail.tolist())]
+    again = DoveObjective(micro_args(tmp_path, length_objective="detail"), rec_loss, micro_model, None, one_process())
+    again.load_state_dict(state)
+    held = again.plain_thresholds(detail * 0, batch, threshold=0.0, lengths=lengths)
+    assert torch.allclose(held, expected)  # the running distribution, not this batch's zeros
+    assert again.threshold.value(0.0) == pytest.approx(detail.mean().item(), rel=1e-5)  # logged T: mean detail
