@@ -78,7 +78,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             # to keep the demo's targets, see docs/results.md)
             "data_mix": "scenes",
             # or "source" (the EOS threshold calibrated per data source of the mix) or "detail" (lengths by rank of
-            # the high-pass reconstruction error; with "wide", the lengths that generalize best: docs/results.md)
+            # the high-pass reconstruction error; with "wide", lengths that follow detail on held-out photos and a
+            # second renderer better than the default, not on foolbox's samples: docs/results.md)
             "length_objective": "paper",
             "lpips_weight": 0.1,
             "latent_weight": 1.0,

@@ -222,8 +222,8 @@ class DynamicThreshold:
 
 def detail_error(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """`(B,)` the mean squared high-pass part of the residual `reconstruction - target`: the residual minus its
-    box blur over a window of `image_size / 16` pixels (5 at 64 px). What is left is the error in edges and
-    texture; the low-frequency part that a palette or background shift dominates is removed."""
+    box blur (a square of 2 · (image_size // 32) + 1 pixels: 3 at 32 px, 5 at 64 px). What is left is the error in
+    edges and texture; the low-frequency part that a palette or background shift dominates is removed."""
     residual = (reconstruction - target).float()
     radius = max(1, residual.shape[-1] // 32)
     blurred = F.avg_pool2d(residual, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False)
@@ -240,28 +240,33 @@ class DifficultyQuantiles:
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}.")
         self.window = window
-        self.values: deque[list[float]] = deque(maxlen=window)  # one list of per-image difficulties per step
+        self.values: deque[torch.Tensor] = deque(maxlen=window)  # one CPU tensor of difficulties per step
+
+    @staticmethod
+    def _finite(values: list[float]) -> torch.Tensor:
+        values = torch.as_tensor(values, dtype=torch.float32).reshape(-1)
+        return values[torch.isfinite(values)]
 
     def thresholds(self, current: list[float], lengths: torch.Tensor, max_tokens: int) -> torch.Tensor:
         """`(B,)` on `lengths`' device: the (length / max_tokens) quantile of the history (of this step's
         difficulties `current` until any exist; +inf, i.e. never too lossy, when there are none)."""
-        pool = [v for step in self.values for v in step] or [v for v in current if math.isfinite(v)]
-        if not pool:
+        pool = torch.cat(list(self.values)) if self.values else self._finite(current)
+        if not pool.numel():
             return torch.full(lengths.shape, float("inf"), device=lengths.device)
         levels = (lengths.detach().float().cpu() / max_tokens).clamp(0.0, 1.0)
-        return torch.quantile(torch.tensor(pool, dtype=torch.float32), levels).to(lengths.device)
+        return torch.quantile(pool, levels).to(lengths.device)
 
     def update(self, values: list[float]) -> None:
-        finite = [float(v) for v in values if math.isfinite(v)]
-        if finite:
+        finite = self._finite(values)
+        if finite.numel():
             self.values.append(finite)
 
     def state_dict(self) -> dict:
-        return {"window": self.window, "values": [list(step) for step in self.values]}
+        return {"window": self.window, "values": [step.tolist() for step in self.values]}
 
     def load_state_dict(self, state: dict) -> None:
         self.window = int(state["window"])
-        self.values = deque(([float(v) for v in step] for step in state["values"]), maxlen=self.window)
+        self.values = deque((self._finite(step) for step in state["values"]), maxlen=self.window)
 
 
 class EosWeightSchedule:
