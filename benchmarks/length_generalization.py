@@ -1,6 +1,6 @@
 """Do a tokenizer's lengths follow content beyond its training data? Trains nothing: loads a tokenizer folder and
 prints, per held-out source (`dove report`'s generalization section: scenes of the held-out renderer, crops of the
-held-out photos, foolbox's held-out CIFAR / ImageNet samples), Spearman(tokens, Laplacian variance), Spearman(tokens,
+held-out photos, foolbox's CIFAR / ImageNet samples), Spearman(tokens, Laplacian variance), Spearman(tokens,
 objects) where known, the distinct lengths, the mean length as a share of max_tokens and the share at the maximum;
 then the in-distribution figures on the embedded scenes' test split (Spearman against objects and Laplacian
 variance, PSNR at k = 4 ... max_tokens, adaptive against max-length PSNR). Each figure is checked against its

@@ -1,23 +1,19 @@
 """The tokenizer's training mix: the embedded scenes in their `wide` variety and a share of crops of the training
-photos (`photos.py`: scikit-image's, scikit-learn's and half of foolbox's samples), each with a seeded colour /
-greyscale / flip augmentation, so that no background, palette or saturation tells the length head how long a code
-should be. Item `i` of `(seed, photo_share)` is always the same image and records its source, for objectives that
-calibrate per source."""
+photos (`photos.py`), each with a seeded colour / greyscale / flip augmentation, so that no background, palette or
+saturation tells the length head how long a code should be. Item `i` of `(seed, photo_share)` is always the same
+image and records its source, for objectives that calibrate per source."""
 
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from .photos import FOOLBOX_PREFIX, FOOLBOX_TRAINING, TRAINING_PHOTOS, PhotoCrops, foolbox_folder
+from .photos import TRAINING_PHOTOS, PhotoCrops
 from .synthetic import SyntheticScenes
 
 SOURCES = ("scenes", "photos")
 DATA_MIXES = ("scenes", "wide")  # `scenes`: the classic scenes alone; `wide`: this mix
 PHOTO_SHARE = 0.3
-# foolbox's ImageNet / CIFAR samples carry the object photos that the wheels' 15 photos lack (its other half is held
-# out): without them the length head, on those held-out samples, gave the most detailed images the shortest codes.
-MIX_PHOTOS = TRAINING_PHOTOS + FOOLBOX_TRAINING
 GREY_PROB, DESATURATE_PROB, FLIP_PROB = 0.2, 0.25, 0.5
 
 
@@ -37,12 +33,10 @@ class TrainingMix:
     """`len(mix)` deterministic training images; `mix[i]` is `(PIL image, source index into SOURCES)`."""
 
     def __init__(self, num_images: int, image_size: int, seed: int = 0, photo_share: float = PHOTO_SHARE,
-                 photos: tuple[str, ...] = MIX_PHOTOS):
+                 photos: tuple[str, ...] = TRAINING_PHOTOS):
         if not 0.0 <= photo_share <= 1.0:
             raise ValueError(f"photo_share must be in [0, 1], got {photo_share}.")
         self.num_images, self.seed, self.photo_share = num_images, seed, photo_share
-        if photo_share and any(name.startswith(FOOLBOX_PREFIX) for name in photos):
-            foolbox_folder()  # fails now, naming the install, rather than at the first foolbox crop
         self.scenes = SyntheticScenes(num_images, image_size=image_size, seed=seed, split="train", variety="wide")
         self.photos = PhotoCrops(num_images, image_size, seed=seed, names=photos)
 

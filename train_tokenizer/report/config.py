@@ -39,7 +39,7 @@ class ReportConfig:
     query_scenes: int = 200
     pca_images: int = 6
     heldout_images: int = field(default=96, metadata={
-        "help": "generalization section: renderer scenes and held-out photo crops (foolbox: its held-out half)"})
+        "help": "generalization section: renderer scenes and held-out photo crops (foolbox: all its samples)"})
     sections: tuple[str, ...] = SECTIONS
     seed: int = 0
 

@@ -1,7 +1,7 @@
 """Lengths on images from outside the training distribution: scenes of the held-out renderer (with object
-counts), crops of the held-out photos, and foolbox's held-out CIFAR / ImageNet samples, each at the model's size.
-Per source: Spearman(tokens, Laplacian variance), Spearman(tokens, objects) where known, the number of distinct
-lengths, the mean length as a share of `max_tokens`, the share of images at the maximum, and the lengths themselves."""
+counts), crops of the held-out photos, and foolbox's CIFAR / ImageNet samples, each at the model's size. Per source:
+Spearman(tokens, Laplacian variance), Spearman(tokens, objects) where known, the number of distinct lengths, the
+mean length as a share of `max_tokens`, the share of images at the maximum, and the lengths themselves."""
 
 from __future__ import annotations
 
@@ -22,8 +22,7 @@ TARGETS = {"renderer_spearman_objects": 0.6, "spearman_laplacian": 0.5, "min_dis
 
 def heldout_images(processor, count: int = 96, seed: int = 0) -> tuple[list[ReportImages], list[str]]:
     """`(images per source, notes)`: `count` renderer scenes and `count` crops of the held-out photos at the model's
-    size, and foolbox's held-out samples (`foolbox_samples`) resized and centre-cropped by `processor` (a note says
-    when foolbox is missing)."""
+    size, and foolbox's samples resized and centre-cropped by `processor` (a note says when foolbox is missing)."""
     size = processor.size
     scenes = [HeldOutScenes(count, size, seed)[i] for i in range(count)]
     pixels = scenes_to_pixels(scenes)
