@@ -45,8 +45,8 @@ def colour_matched(reconstruction: torch.Tensor, obj, mask: torch.Tensor) -> boo
     return NAMES[int(((PALETTE - mean) ** 2).sum(1).argmin())] == obj.color
 
 
-def decode(model: DoveModel, latents: torch.Tensor, **kwargs) -> tuple[torch.Tensor, float]:
-    out = model.encode(latents=latents, **kwargs)
+def decode(model: DoveModel, pixels: torch.Tensor, latents: torch.Tensor, **kwargs) -> tuple[torch.Tensor, float]:
+    out = model.encode(pixels, latents=latents, **kwargs)
     return model.decode(out.tokens, out.attention_mask).pixel_values, float(out.lengths.float().mean())
 
 
@@ -62,12 +62,12 @@ def content_rows(model: DoveModel, num_scenes: int, seed: int) -> dict:
                if (mask := object_pixels(pixels[i], obj)) is not None]
     rows = torch.tensor([i for i, _, _ in objects])
     paths = {"VQGAN alone": (model.latents_to_pixels(latents)[rows], 64.0),
-             "null query": decode(model, latents[rows]),
-             "32 tokens": decode(model, latents[rows], num_tokens=model.config.max_tokens)}
+             "null query": decode(model, pixels[rows], latents[rows]),
+             "32 tokens": decode(model, pixels[rows], latents[rows], num_tokens=model.config.max_tokens)}
     if model.supports_queries:
-        paths["the question as the query"] = decode(model, latents[rows],
+        paths["the question as the query"] = decode(model, pixels[rows], latents[rows],
                                                     queries=[f"what colour is the {o.shape}?" for _, o, _ in objects])
-        paths["the phrase as the query"] = decode(model, latents[rows], queries=[o.phrase for _, o, _ in objects])
+        paths["the phrase as the query"] = decode(model, pixels[rows], latents[rows], queries=[o.phrase for _, o, _ in objects])
     result = {"objects": len(objects), "colour": {}}
     for name, (images, length) in paths.items():
         hits = sum(colour_matched(images[k], obj, mask) for k, (_, obj, mask) in enumerate(objects))
@@ -75,8 +75,8 @@ def content_rows(model: DoveModel, num_scenes: int, seed: int) -> dict:
     absent = [(i, q["question"]) for i, s in enumerate(scenes) for q in s.vqa if not q["boxes"]]
     if model.supports_queries and absent:
         index = torch.tensor([i for i, _ in absent])
-        asked, asked_len = decode(model, latents[index], queries=[q for _, q in absent])
-        null, null_len = decode(model, latents[index])
+        asked, asked_len = decode(model, pixels[index], latents[index], queries=[q for _, q in absent])
+        null, null_len = decode(model, pixels[index], latents[index])
         result["absent"] = {"questions": len(absent),
                             "query": (asked_len, float(psnr(asked, pixels[index]).mean())),
                             "null": (null_len, float(psnr(null, pixels[index]).mean()))}

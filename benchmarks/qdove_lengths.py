@@ -34,10 +34,10 @@ def analyse(model: DoveModel, limits: list[tuple[int, int]], num_scenes: int, se
     def in_box(enc):
         return in_box_psnr(model.decode(enc.tokens, enc.attention_mask).pixel_values, x, boxes)
 
-    null = model.encode(latents=latents)
+    null = model.encode(x, latents=latents)
     null_psnr = in_box(null)
-    free = model.encode(latents=latents, queries=texts, query_min_tokens=1, query_max_tokens=n)  # the EOS head's own lengths
-    by_k = torch.stack([in_box(model.encode(latents=latents, queries=texts, num_tokens=k)) for k in range(1, n + 1)], 1)
+    free = model.encode(x, latents=latents, queries=texts, query_min_tokens=1, query_max_tokens=n)  # the EOS head's own lengths
+    by_k = torch.stack([in_box(model.encode(x, latents=latents, queries=texts, num_tokens=k)) for k in range(1, n + 1)], 1)
     rows = torch.arange(len(picked))
     null_tokens = null.lengths.float().mean()
     lines = [f"{len(picked)} queries; null query {null_tokens:.2f} tokens, in-box {null_psnr.mean():.2f} dB"]
@@ -46,7 +46,7 @@ def analyse(model: DoveModel, limits: list[tuple[int, int]], num_scenes: int, se
         lines.append(f"  limits [{low}, {high}]: tokens {lengths.float().mean() / null_tokens:.0%} of the null query's, "
                      f"in-box {(by_k[rows, lengths - 1] - null_psnr).mean():+.2f} dB")
     lines.append(f"  fixed {fixed} tokens: {fixed / null_tokens:.0%}, in-box {(by_k[:, fixed - 1] - null_psnr).mean():+.2f} dB")
-    same = model.encode(latents=latents, num_tokens=free.lengths)  # the null-query code at each query's length
+    same = model.encode(x, latents=latents, num_tokens=free.lengths)  # the null-query code at each query's length
     gap = by_k[rows, free.lengths - 1] - in_box(same)
     for low, high in BUCKETS:
         m = (free.lengths >= low) & (free.lengths <= min(high, n))

@@ -63,6 +63,10 @@ class DoveConfig(PretrainedConfig):
         latent_mean / latent_std (`list[float]`, *optional*): per-channel statistics of the VQGAN latents; the
             generator sees normalised latents and the decoder predicts normalised ones. Filled in by `dove train`
             from the training data (`None` means 0 / 1).
+        pixel_detail (`bool`, defaults to `False`): H_v also carries each latent cell's log high-pass energy of the
+            input pixels (`pixel_detail_map`): the edges and texture that the VQGAN latents blur, so the EOS head
+            can follow detail on images unlike the training data instead of their palette. The model then needs
+            the pixels even when its latents are given (`encode(pixel_values, latents=...)`).
         layer_norm_eps (`float`), initializer_range (`float`): as in transformers.
     """
 
@@ -96,6 +100,7 @@ class DoveConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         latent_mean: list[float] | None = None,
         latent_std: list[float] | None = None,
+        pixel_detail: bool = False,
         **kwargs,
     ):
         self.image_size = image_size
@@ -124,6 +129,7 @@ class DoveConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         self.latent_mean = None if latent_mean is None else [float(v) for v in latent_mean]
         self.latent_std = None if latent_std is None else [float(v) for v in latent_std]
+        self.pixel_detail = bool(pixel_detail)
         super().__init__(**kwargs)
         self._validate()
 

@@ -30,6 +30,7 @@ from .modeling_dove_blocks import (  # noqa: F401  (re-exported: the public name
     chunk_schedule,
     length_mask,
     lengths_from_p_eos,
+    pixel_detail_map,
     sinusoidal_embeddings,
 )
 from .query_tokenizer import QUERY_TOKENIZER_DIR, load_saved_query_tokenizer
@@ -109,6 +110,7 @@ class DoveModel(DovePreTrainedModel):
         self.vqgan = VQModel(**config.vqgan_config)
         d = config.hidden_size
         self.latent_in = nn.Linear(config.latent_channels, d)
+        self.detail_in = nn.Linear(1, d) if config.pixel_detail else None  # see DoveConfig.pixel_detail
         self.grid_positions = nn.Parameter(torch.zeros(config.num_latent_positions, d))
         self.timestep_in = nn.Linear(d, d)
         self.generator = GPTNeoXModel(self._generator_config(config))
@@ -205,10 +207,24 @@ class DoveModel(DovePreTrainedModel):
         mask = mask.to(error).expand_as(error)
         return (error * mask).sum() / mask.sum().clamp(min=1)
 
-    def _visual_prefix(self, latents: torch.Tensor) -> torch.Tensor:
-        """H_v: `(B, P, d)` from latents `(B, C, h, w)` (normalised per channel first)."""
+    def _visual_prefix(self, latents: torch.Tensor, detail: torch.Tensor | None = None) -> torch.Tensor:
+        """H_v: `(B, P, d)` from latents `(B, C, h, w)` (normalised per channel first) and, with
+        `config.pixel_detail`, the pixel detail map `(B, 1, h, w)` of `pixel_detail`."""
         mean, std = self._latent_statistics(latents)
-        return self.latent_in(((latents - mean) / std).flatten(2).transpose(1, 2)) + self.grid_positions
+        prefix = self.latent_in(((latents - mean) / std).flatten(2).transpose(1, 2)) + self.grid_positions
+        if self.detail_in is not None:
+            if detail is None:
+                raise ValueError("this DOVE model conditions on pixel detail (config.pixel_detail); pass pixel_values "
+                                 "(with latents=... to skip the VQGAN encoder), not latents alone.")
+            prefix = prefix + self.detail_in(detail.flatten(2).transpose(1, 2).to(prefix.dtype))
+        return prefix
+
+    def pixel_detail(self, pixel_values: torch.Tensor | None) -> torch.Tensor | None:
+        """The pixel detail map `(B, 1, h, w)` that H_v carries with `config.pixel_detail` (else, or without
+        pixels, None)."""
+        if self.detail_in is None or pixel_values is None:
+            return None
+        return pixel_detail_map(self._check_pixels(pixel_values), self.config.latent_size)
 
     def _timesteps(self, batch: int, num_slots: int) -> torch.Tensor:
         # Recomputed per call (n×d, negligible): a non-persistent buffer would not survive meta-device loading.
@@ -323,10 +339,12 @@ class DoveModel(DovePreTrainedModel):
         prefix: DovePrefix | None = None,
         chunks: list[int] | None = None,
         done: Callable[[torch.Tensor, int], bool] | None = None,
+        detail: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Hidden states of the timestep slots, `(B, s, d)`, over `[H_v ; H_q ; t_1..t_s]`.
 
-        One parallel call by default. With `prefix`, H_v comes from its KV cache; with `chunks` (sizes), the slots
+        `detail`: the pixel detail map (`pixel_detail`) with `config.pixel_detail`. One parallel call by default.
+        With `prefix`, H_v comes from its KV cache; with `chunks` (sizes), the slots
         run in chunks on a KV cache and stop as soon as `done(hidden_so_far, slots_so_far)` says so (early
         exit). Positions are explicit so that padding a shorter query never shifts the timestep positions:
         a batch gives what its images give one by one, and a null query is exactly plain DOVE."""
@@ -335,7 +353,7 @@ class DoveModel(DovePreTrainedModel):
         query_len = torch.zeros(batch, dtype=torch.long, device=device)
         head_embeds, head_positions, head_mask = [], [], []
         if prefix is None:
-            head_embeds.append(self._visual_prefix(latents))
+            head_embeds.append(self._visual_prefix(latents, detail))
             head_positions.append(torch.arange(num_visual, device=device).expand(batch, -1))
             head_mask.append(torch.ones(batch, num_visual, dtype=torch.long, device=device))
         if query_ids is not None:
@@ -374,7 +392,8 @@ class DoveModel(DovePreTrainedModel):
         latents = self.encode_latents(pixel_values)
         cache = DynamicCache()
         positions = torch.arange(self.config.num_latent_positions, device=latents.device).expand(latents.shape[0], -1)
-        self.generator(inputs_embeds=self._visual_prefix(latents), position_ids=positions, cache=cache, use_cache=True)
+        self.generator(inputs_embeds=self._visual_prefix(latents, self.pixel_detail(pixel_values)), position_ids=positions,
+                       cache=cache, use_cache=True)
         return DovePrefix(latents=latents, cache=cache)
 
     # Public API -----------------------------------------------------------------------------------------
@@ -415,7 +434,8 @@ class DoveModel(DovePreTrainedModel):
             prefix ([`DovePrefix`], *optional*): the cached visual prefix of `encode_prefix`; with one image and
                 several queries, the image is reused for every query.
             latents (`(B, C, h, w)`, *optional*): VQGAN latents already computed for these images (e.g. by a model
-                sharing this VQGAN); the encoder is skipped. Give pixel_values, prefix or latents.
+                sharing this VQGAN); the encoder is skipped. Give pixel_values, prefix or latents; a model with
+                `config.pixel_detail` needs the pixel_values beside the latents.
             output_hidden_states (`bool`): also return the generator hidden states of the kept slots (`(B, L, d)`,
                 from the same pass).
         """
@@ -423,8 +443,6 @@ class DoveModel(DovePreTrainedModel):
         threshold = self.config.eos_threshold if eos_threshold is None else eos_threshold
         shortest = self.config.min_tokens if min_tokens is None else min_tokens
         query_tokens = _query_tokens
-        if pixel_values is not None and latents is not None:
-            raise ValueError("pass either pixel_values or latents, not both.")
         images = pixel_values if pixel_values is not None else latents  # either may be grouped by query length
         if prefix is None and query_tokens is None and self._splits_by_query_length(images, queries):
             query_tokens = self.tokenize_queries(queries, len(queries))  # once for the whole batch
@@ -439,8 +457,8 @@ class DoveModel(DovePreTrainedModel):
                 for rows in groups:
                     width = int(mask[rows[0]].sum())  # one query length per group: no padding inside it
                     tokens = (ids[rows, :width], mask[rows, :width]) if width else (None, None)
-                    inputs = ({"pixel_values": pixel_values[rows]} if pixel_values is not None
-                              else {"latents": latents[rows]})
+                    inputs = {name: value[rows] for name, value in (("pixel_values", pixel_values), ("latents", latents))
+                              if value is not None}
                     parts.append(self.encode(**inputs, queries=[queries[i] for i in rows.tolist()],
                                              num_tokens=None if forced is None else forced[rows] if forced.numel() > 1
                                              else forced, _query_tokens=tokens, **kwargs))
@@ -457,6 +475,9 @@ class DoveModel(DovePreTrainedModel):
             c, side = self.config.latent_channels, self.config.latent_size
             if latents.ndim != 4 or tuple(latents.shape[1:]) != (c, side, side) or latents.shape[0] == 0:
                 raise ValueError(f"latents must have shape (batch, {c}, {side}, {side}); got {tuple(latents.shape)}.")
+            if pixel_values is not None and len(pixel_values) != len(latents):
+                raise ValueError(f"got {len(pixel_values)} images but latents of {len(latents)}; pass the latents of "
+                                 "these pixel_values (one per image).")
         elif pixel_values is None:
             raise ValueError("encode needs pixel_values (or a prefix from encode_prefix, or latents).")
         else:
@@ -485,8 +506,10 @@ class DoveModel(DovePreTrainedModel):
                     finished = torch.where(forced > 0, forced <= slots, finished)
                 return bool(finished.all())
 
+        detail = None if prefix is not None else self.pixel_detail(pixel_values)
         hidden = self._run_generator(latents, query_ids, query_mask, n, prefix=prefix,
-                                     chunks=chunk_schedule(n, chunk_size) if early_exit else None, done=done)
+                                     chunks=chunk_schedule(n, chunk_size) if early_exit else None, done=done,
+                                     detail=detail)
         tokens, p_eos = self._heads(hidden)
         lengths = lengths_from_p_eos(p_eos.detach(), threshold, floor, cap)
         if forced is not None:
@@ -574,7 +597,7 @@ class DoveModel(DovePreTrainedModel):
         """Encode then decode (training path); the reconstruction is not clamped so losses see real errors.
         `latents`: the frozen VQGAN's latents of `pixel_values`, computed beforehand (the encoder is skipped)."""
         enc = self.encode(
-            None if latents is not None else pixel_values, queries=queries, max_tokens=max_tokens,
+            pixel_values, queries=queries, max_tokens=max_tokens,
             eos_threshold=eos_threshold, num_tokens=num_tokens, latents=latents,
         )
         predicted = self.decode_latents(enc.tokens, enc.attention_mask)

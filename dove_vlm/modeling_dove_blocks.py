@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from transformers import DynamicCache
 from transformers.utils import ModelOutput
 
@@ -92,6 +93,21 @@ def sinusoidal_embeddings(num_positions: int, dim: int) -> torch.Tensor:
     table[:, 0::2] = torch.sin(positions * freqs)
     table[:, 1::2] = torch.cos(positions * freqs[: dim // 2])
     return table
+
+
+def high_pass(images: torch.Tensor) -> torch.Tensor:
+    """`images` minus their box blur (a square of 2 · (size // 32) + 1 pixels: 3 at 32 px, 5 at 64 px): the edges
+    and texture, without the low frequencies that palette and background dominate."""
+    images = images.float()
+    radius = max(1, images.shape[-1] // 32)
+    return images - F.avg_pool2d(images, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False)
+
+
+def pixel_detail_map(pixel_values: torch.Tensor, grid: int) -> torch.Tensor:
+    """`(B, 1, grid, grid)`: per latent cell, the log mean squared high-pass part of the grey image (grey, so
+    colour and palette do not enter), shifted and scaled to roughly [-1.5, 1.5] (flat ≈ -1.4, dense texture ≈ 1)."""
+    energy = F.adaptive_avg_pool2d(high_pass(pixel_values.float().mean(1, keepdim=True)).pow(2), grid)
+    return (torch.log(energy + 1e-4) + 5.0) / 3.0
 
 
 def lengths_from_p_eos(

@@ -241,3 +241,45 @@ def test_num_tokens_must_fit_the_batch(micro_model, images):
     with pytest.raises(ValueError, match="num_tokens"):
         micro_model.encode(images, num_tokens=2.5)
     assert micro_model.encode(images, num_tokens=torch.tensor(3)).lengths.tolist() == [3] * 4
+
+
+def test_pixel_detail_map_follows_texture_not_colour():
+    from dove_vlm.modeling_dove_blocks import pixel_detail_map
+
+    flat_red = torch.zeros(1, 3, 32, 32)
+    flat_red[:, 0] = 0.8
+    flat_grey = torch.full((1, 3, 32, 32), -0.3)
+    texture = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    half = flat_grey.clone()
+    half[..., 16:] = texture[..., 16:]  # texture in the right half only
+    maps = pixel_detail_map(torch.cat([flat_red, flat_grey, texture, half]), 4)
+    assert maps.shape == (4, 1, 4, 4)
+    torch.testing.assert_close(maps[0], maps[1])  # a flat image is flat, whatever its colour
+    assert (maps[2] > maps[0] + 1.0).all()  # texture stands well above flat
+    assert (maps[3][..., 3] > maps[3][..., 0] + 1.0).all()  # and the map says where it is
+
+
+def test_pixel_detail_model(micro_config, images, tmp_path):
+    micro_config.pixel_detail = True
+    torch.manual_seed(0)
+    model = DoveModel(micro_config).eval()
+    with torch.no_grad():
+        enc = model.encode(images)
+        latents = model.encode_latents(images)
+        both = model.encode(images, latents=latents)  # precomputed latents still need the pixels' detail
+        assert torch.equal(both.tokens, enc.tokens) and torch.equal(both.lengths, enc.lengths)
+        for i in range(len(images)):  # batch invariant like the plain model
+            alone = model.encode(images[i : i + 1])
+            assert torch.equal(alone.lengths[0], enc.lengths[i])
+        prefix = model.encode(prefix=model.encode_prefix(images))  # the prefix cache carries the detail too
+        torch.testing.assert_close(prefix.p_eos, enc.p_eos, rtol=0, atol=1e-5)
+        # The detail reaches the EOS head: other pixels with the same latents give other p_eos.
+        other = model.encode(torch.zeros_like(images), latents=latents)
+        assert not torch.allclose(other.p_eos, enc.p_eos)
+    with pytest.raises(ValueError, match="pixel detail"):
+        model.encode(latents=latents)
+    model.save_pretrained(tmp_path)
+    reloaded = DoveModel.from_pretrained(tmp_path).eval()
+    assert reloaded.config.pixel_detail and reloaded.detail_in is not None
+    with torch.no_grad():
+        assert torch.equal(reloaded.encode(images).tokens, enc.tokens)

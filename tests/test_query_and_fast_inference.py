@@ -191,5 +191,8 @@ def test_encode_from_precomputed_latents_equals_encode_from_pixels(query_model, 
             assert torch.equal(mixed.tokens[i, : int(alone.lengths[0])], alone.tokens[0])
     with pytest.raises(ValueError, match="latents must have shape"):
         query_model.encode(latents=from_pixels.latents[:, :2])
-    with pytest.raises(ValueError, match="not both"):
-        query_model.encode(images, latents=from_pixels.latents)
+    with torch.no_grad():  # pixels beside their latents: the latents are used (the VQGAN encoder is skipped)
+        both = query_model.encode(images, latents=from_pixels.latents, queries="the red circle")
+    assert torch.equal(both.lengths, from_pixels.lengths)
+    with pytest.raises(ValueError, match="latents of 1"):
+        query_model.encode(images, latents=from_pixels.latents[:1])

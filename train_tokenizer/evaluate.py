@@ -137,7 +137,7 @@ def query_rows(model: DoveModel, num_scenes: int = 200, seed: int = 0, batch_siz
         texts, boxes = [q[0] for _, q in batch], [q[1] for _, q in batch]
         latents = model.encode_latents(x)  # one VQGAN pass for both queries
         for key, queries in (("query", texts), ("null", None)):
-            enc = model.encode(latents=latents, queries=queries)
+            enc = model.encode(x, latents=latents, queries=queries)
             recon = model.decode(enc.tokens, enc.attention_mask).pixel_values
             rows[f"{key}_len"].append(enc.lengths.cpu())
             rows[f"{key}_psnr"].append(in_box_psnr(recon, x, boxes).cpu())

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dove_vlm.modeling_dove_blocks import high_pass
+
 
 @dataclass
 class ReconstructionLossOutput:
@@ -221,13 +223,10 @@ class DynamicThreshold:
 
 
 def detail_error(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """`(B,)` the mean squared high-pass part of the residual `reconstruction - target`: the residual minus its
-    box blur (a square of 2 · (image_size // 32) + 1 pixels: 3 at 32 px, 5 at 64 px). What is left is the error in
-    edges and texture; the low-frequency part that a palette or background shift dominates is removed."""
-    residual = (reconstruction - target).float()
-    radius = max(1, residual.shape[-1] // 32)
-    blurred = F.avg_pool2d(residual, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False)
-    return (residual - blurred).pow(2).flatten(1).mean(1)
+    """`(B,)` the mean squared high-pass part of the residual `reconstruction - target` (`high_pass`: the residual
+    minus its box blur, 3 px at 32, 5 at 64). What is left is the error in edges and texture; the low-frequency
+    part that a palette or background shift dominates is removed."""
+    return high_pass(reconstruction.float() - target.float()).pow(2).flatten(1).mean(1)
 
 
 class DifficultyQuantiles:

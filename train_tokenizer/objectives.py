@@ -106,7 +106,7 @@ class DoveObjective:
         teacher_enc = None
         if self.teacher is not None:
             with torch.no_grad():  # same frozen VQGAN as the student: its latents, not a second encoder pass
-                teacher_enc = self.teacher.encode(latents=out.latents.detach())
+                teacher_enc = self.teacher.encode(batch.images, latents=out.latents.detach())
             if args.query_threshold == "teacher" and anchored.any():
                 rows = anchored.nonzero().squeeze(1)
                 target = thresholds.clone()
