@@ -278,6 +278,10 @@ def test_pixel_detail_model(micro_config, images, tmp_path):
         assert not torch.allclose(other.p_eos, enc.p_eos)
     with pytest.raises(ValueError, match="pixel detail"):
         model.encode(latents=latents)
+    out = model.train()(images, latents=latents)  # the training path: cached latents plus the pixels
+    (out.reconstruction.pow(2).mean() + out.p_eos.mean()).backward()
+    assert model.detail_in.weight.grad.abs().sum() > 0
+    model.eval()
     model.save_pretrained(tmp_path)
     reloaded = DoveModel.from_pretrained(tmp_path).eval()
     assert reloaded.config.pixel_detail and reloaded.detail_in is not None

@@ -118,6 +118,19 @@ def test_query_training_from_a_dove_checkpoint_and_resume(tmp_path):
     assert [h["step"] for h in resumed["history"]] == list(range(6))
 
 
+def test_pixel_detail_dove_and_its_qdove_train(tmp_path):
+    """A tokenizer whose H_v carries the pixel detail map trains (cached latents, detail objective) and reaches its
+    Q-DOVE, whose teacher and query evaluation then take the pixels beside the latents."""
+    overrides = dict(MICRO_OVERRIDES, pixel_detail=True)
+    train_module.train(micro_args(tmp_path / "dove", max_steps=3, length_objective="detail", model_overrides=overrides))
+    plain = DoveModel.from_pretrained(tmp_path / "dove")
+    assert plain.config.pixel_detail
+    metrics = train_module.train(micro_args(tmp_path / "qdove", query=True, init_from=str(tmp_path / "dove"),
+                                            eval_scenes=6, max_steps=2, query_threshold="teacher"))
+    assert metrics["query_eval"]["num_images"] > 0
+    assert DoveModel.from_pretrained(tmp_path / "qdove").config.pixel_detail
+
+
 def test_full_length_query_rows_are_queried_rows_drawn_per_step():
     queried = torch.tensor([True, False] * 200)
     full = train_module.sample_full_length(queried, 0.5, seed=0, step=3)
